@@ -1,0 +1,5 @@
+import sys
+
+from texforce.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""Checkpoints that are either complete or absent: written to a temporary folder, then renamed.
+
+A checkpoint folder `checkpoints/checkpoint_{epoch:05d}` holds the adapters (both formats, `lora/`),
+`trainer_state.pt` (optimizer, LR schedule, stat tracker, RNG states, counters) and, written last,
+`COMPLETE`. Only folders with `COMPLETE` are ever resumed from; a crash mid-write leaves a `.tmp`
+folder that is ignored and cleaned up by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from texforce.errors import TexforceError
+
+COMPLETE = "COMPLETE"
+STATE_FILE = "trainer_state.pt"
+_NAME = re.compile(r"^checkpoint_(\d{5})$")
+
+
+def checkpoint_dir(run_dir: Path, epoch: int) -> Path:
+    return run_dir / "checkpoints" / f"checkpoint_{epoch:05d}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random state a training step may touch."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def write_checkpoint(
+    run_dir: Path, epoch: int, state: dict[str, Any], write_adapters: Callable[[Path], None], keep: int
+) -> Path:
+    """Atomically write checkpoint `epoch`; keep only the newest `keep` complete checkpoints."""
+    final = checkpoint_dir(run_dir, epoch)
+    tmp = final.with_name(final.name + ".tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_adapters(tmp / "lora")
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / COMPLETE).write_text(json.dumps({"epoch": epoch}))
+        _fsync_tree(tmp)
+        if final.exists():
+            old = final.with_name(final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TexforceError(
+            f"cannot write checkpoint {final} ({error.strerror or error}); the previous checkpoint is intact"
+        ) from None
+    for stale in complete_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name) and (p / COMPLETE).is_file()]
+    return sorted(found)
+
+
+def load_checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)

@@ -1,0 +1,49 @@
+"""`texforce` command line: one module per verb, each exposing `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from texforce.cli import fuse, rewards, sample, train
+from texforce.errors import TexforceError
+
+COMMANDS = [train, sample, fuse, rewards]
+
+EPILOG = """examples:
+  texforce train                                  # the embedded offline default, minutes on a CPU
+  texforce train configs/sd15_jpeg.yaml train.learning_rate=1e-4
+  texforce train --resume runs/2026-11-25_120000
+  texforce sample --text-lora runs/X/text_encoder_lora --prompt "a photo of a hand" -o hand.png
+  texforce fuse A B --weights 0.6 0.4 -o fused
+  texforce rewards
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="texforce",
+        description="Reward fine-tuning of text-to-image diffusion models through their text encoder.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TexforceError as error:
+        print(f"texforce {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"texforce {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

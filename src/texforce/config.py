@@ -1,0 +1,335 @@
+"""Training configuration: nested dataclasses, loaded from YAML plus `key=value` overrides, then validated.
+
+Defaults live here and only here (they follow trl's DDPOConfig, which the official TexForce code uses).
+Every bad value fails at load time with a one-line `TexforceError` that says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from texforce.errors import TexforceError
+
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass
+class ModelConfig:
+    """Which base pipeline to load and how to hold its frozen weights."""
+
+    base: str = "texforce/tiny-random"  # hub id, local folder, or a built-in: texforce/tiny-random
+    revision: str | None = None
+    dtype: str = "bf16"  # frozen weights on GPU: bf16 | fp16 | fp32 (always fp32 on CPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class LoraConfig:
+    """One LoRA adapter: where it goes, its size and its learning rate."""
+
+    use: bool = True
+    rank: int = 16
+    alpha: float = 16.0
+    init: str = "gaussian"  # gaussian | default (peft's kaiming-A, zero-B)
+    target_modules: list[str] = field(default_factory=lambda: list(TEXT_LORA_TARGETS))
+    learning_rate: float = 3e-4
+
+
+@dataclass
+class UNetLoraConfig(LoraConfig):
+    """The optional U-Net adapter (for comparison with, or joint training beside, the text encoder's)."""
+
+    use: bool = False
+    target_modules: list[str] = field(default_factory=lambda: list(UNET_LORA_TARGETS))
+
+
+@dataclass
+class SampleConfig:
+    """The DDIM sampler that generates the trajectories PPO learns from."""
+
+    num_steps: int = 50
+    eta: float = 1.0
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    resolution: int | None = None  # pixels; None = the model's native size
+    batch_size_per_device: int = 8
+    num_batches_per_epoch: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """The PPO update."""
+
+    num_epochs: int = 100
+    batch_size_per_device: int = 4
+    gradient_accumulation_steps: int = 1
+    num_inner_epochs: int = 1
+    timestep_fraction: float = 1.0
+    clip_range: float = 1e-4
+    adv_clip_max: float = 10.0
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    lr_schedule: str = "constant"  # constant | cosine (both after a linear warm-up)
+    lr_warmup_steps: int = 0
+    use_cfg: bool = True  # classifier-free guidance in the update, as at sampling
+    use_lora_for_negative: bool = True  # encode the negative prompt through the LoRA text encoder too
+
+
+@dataclass
+class AdvantageConfig:
+    """How rewards become advantages."""
+
+    mode: str = "per_prompt"  # per_prompt | batch
+    buffer_size: int = 32
+    min_count: int = 16
+
+
+@dataclass
+class PromptConfig:
+    """Training and held-out evaluation prompts: a built-in set name or a file (.txt / .json)."""
+
+    train: str = "animals"
+    eval: str | None = None  # None = the held-out part of the training set
+
+
+@dataclass
+class EvalConfig:
+    """Fixed-seed evaluation before and after training."""
+
+    num_prompts: int = 8
+    num_seeds: int = 2
+    seed: int = 1234
+
+
+@dataclass
+class RunConfig:
+    """Everything one `texforce train` run needs."""
+
+    seed: int = 0
+    output_dir: str = "runs"
+    run_name: str | None = None  # None = a timestamp
+    reward: str = "jpeg_compressibility"
+    checkpoint_every: int = 1  # epochs
+    keep_checkpoints: int = 2
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text_lora: LoraConfig = field(default_factory=LoraConfig)
+    unet_lora: UNetLoraConfig = field(default_factory=UNetLoraConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """How many of the sampled denoising steps each sample is trained on."""
+        return max(1, int(self.sample.num_steps * self.train.timestep_fraction))
+
+    @property
+    def samples_per_epoch_per_device(self) -> int:
+        return self.sample.batch_size_per_device * self.sample.num_batches_per_epoch
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML-serialisable dict of a config."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a `RunConfig` from a nested dict (e.g. a parsed YAML file)."""
+    config = _build(RunConfig, data, prefix="")
+    validate(config)
+    return config
+
+
+def builtin_configs() -> dict[str, Path]:
+    """The configs shipped in `texforce/configs/`, by name (`default`, `sd15_jpeg`, …)."""
+    folder = Path(__file__).parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file path, or the shipped config of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = builtin_configs()
+    if str(name_or_path) in builtin:
+        return builtin[str(name_or_path)]
+    raise TexforceError(
+        f"config not found: {name_or_path} is neither a file nor a built-in config ({', '.join(builtin)})"
+    )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a YAML config (a path or a built-in name; None = dataclass defaults) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = resolve_config_path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise TexforceError(f"config file {path} is not valid YAML: {error}".replace("\n", " ")) from None
+        if not isinstance(data, dict):
+            raise TexforceError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise TexforceError(f"override {override!r} must look like section.key=value")
+        _set_path(data, key.strip().split("."), yaml.safe_load(text) if text.strip() else None)
+    return from_dict(data)
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        child = data.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise TexforceError(f"cannot set {'.'.join(keys)}: {key} is not a section")
+        data = child
+    data[keys[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise TexforceError(f"{prefix.rstrip('.') or 'config'} must be a section (mapping), got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise TexforceError(f"unknown config key {prefix}{key}{hint}")
+    values = {}
+    for name in fields:
+        if name not in data:
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, data[name], f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(data[name], hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against a field's type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is not type(None):
+                return _coerce(value, option, key)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise TexforceError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item, key) for v in value]
+    if hint is float and isinstance(value, str):  # YAML reads "2e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise TexforceError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise TexforceError(message)
+
+
+def validate(config: RunConfig) -> None:
+    """Range and consistency checks; each failure names the key and what to change."""
+    s, t, a = config.sample, config.train, config.advantage
+    _check(config.model.dtype in ("bf16", "fp16", "fp32"), "model.dtype must be bf16, fp16 or fp32")
+    _check(
+        config.text_lora.use or config.unet_lora.use, "nothing to train: set text_lora.use or unet_lora.use"
+    )
+    for name in ("text_lora", "unet_lora"):
+        lora: LoraConfig = getattr(config, name)
+        _check(lora.rank >= 1, f"{name}.rank must be >= 1, got {lora.rank}")
+        _check(lora.alpha > 0, f"{name}.alpha must be > 0, got {lora.alpha}")
+        _check(lora.learning_rate > 0, f"{name}.learning_rate must be > 0, got {lora.learning_rate}")
+        _check(lora.init in ("gaussian", "default"), f"{name}.init must be gaussian or default")
+        _check(bool(lora.target_modules), f"{name}.target_modules must not be empty")
+    _check(s.num_steps >= 1, f"sample.num_steps must be >= 1, got {s.num_steps}")
+    _check(s.eta > 0, f"sample.eta must be > 0 (a deterministic sampler has no log-probability), got {s.eta}")
+    _check(s.guidance_scale >= 1.0, f"sample.guidance_scale must be >= 1, got {s.guidance_scale}")
+    _check(
+        s.resolution is None or (s.resolution > 0 and s.resolution % 8 == 0),
+        f"sample.resolution must be a positive multiple of 8, got {s.resolution}",
+    )
+    _check(s.batch_size_per_device >= 1, "sample.batch_size_per_device must be >= 1")
+    _check(s.num_batches_per_epoch >= 1, "sample.num_batches_per_epoch must be >= 1")
+    _check(t.num_epochs >= 0, f"train.num_epochs must be >= 0, got {t.num_epochs}")
+    _check(t.batch_size_per_device >= 1, "train.batch_size_per_device must be >= 1")
+    _check(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
+    _check(t.num_inner_epochs >= 1, "train.num_inner_epochs must be >= 1")
+    _check(
+        0 < t.timestep_fraction <= 1, f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}"
+    )
+    _check(t.clip_range > 0, f"train.clip_range must be > 0, got {t.clip_range}")
+    _check(t.adv_clip_max > 0, f"train.adv_clip_max must be > 0, got {t.adv_clip_max}")
+    _check(t.max_grad_norm > 0, f"train.max_grad_norm must be > 0, got {t.max_grad_norm}")
+    _check(t.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine")
+    _check(t.lr_warmup_steps >= 0, "train.lr_warmup_steps must be >= 0")
+    _check(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1/adam_beta2 must be in [0, 1)")
+    _check(t.adam_weight_decay >= 0 and t.adam_epsilon > 0, "train.adam_weight_decay >= 0, adam_epsilon > 0")
+    samples = config.samples_per_epoch_per_device
+    per_step = t.batch_size_per_device * t.gradient_accumulation_steps
+    _check(
+        samples % t.batch_size_per_device == 0,
+        f"train.batch_size_per_device ({t.batch_size_per_device}) must divide the samples per epoch "
+        f"(sample.batch_size_per_device × sample.num_batches_per_epoch = {samples})",
+    )
+    _check(
+        (samples // t.batch_size_per_device) % t.gradient_accumulation_steps == 0,
+        f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps}) must divide the "
+        f"{samples // t.batch_size_per_device} micro-batches per epoch (samples {samples} / "
+        f"train.batch_size_per_device {t.batch_size_per_device}); optimizer steps of {per_step} samples",
+    )
+    _check(a.mode in ("per_prompt", "batch"), f"advantage.mode must be per_prompt or batch, got {a.mode!r}")
+    _check(
+        a.buffer_size >= 1 and 1 <= a.min_count <= a.buffer_size,
+        "advantage.min_count must be in [1, advantage.buffer_size]",
+    )
+    _check(config.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+    _check(config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+    _check(
+        config.eval.num_prompts >= 0 and config.eval.num_seeds >= 1,
+        "eval.num_prompts >= 0, eval.num_seeds >= 1",
+    )
+    from texforce.prompts import check_prompt_source
+    from texforce.rewards import parse_reward_spec
+
+    parse_reward_spec(config.reward)
+    check_prompt_source(config.prompts.train, "prompts.train")
+    if config.prompts.eval is not None:
+        check_prompt_source(config.prompts.eval, "prompts.eval")

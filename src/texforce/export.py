@@ -1,0 +1,197 @@
+"""LoRA adapters on disk: save in both diffusers and PEFT formats, load either (ours or others'), fuse.
+
+Layout of an exported adapter folder (`RUN/lora`, and inside every checkpoint):
+    pytorch_lora_weights.safetensors  diffusers format: `pipe.load_lora_weights(folder)`; alpha kept as metadata
+    text_encoder/                     PEFT format: `PeftModel.from_pretrained(pipe.text_encoder, folder / "text_encoder")`
+    unet/                             PEFT format, only when a U-Net adapter was trained
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig as PeftLoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from texforce.errors import TexforceError
+
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+def lora_config_of(module: torch.nn.Module, adapter_name: str = "default") -> PeftLoraConfig:
+    return module.peft_config[adapter_name]
+
+
+def save_peft_adapter(
+    module: torch.nn.Module, folder: Path, base_model: str, adapter_name: str = "default"
+) -> None:
+    """Write `module`'s adapter as a standard PEFT folder (config + safetensors with `base_model.model.` keys)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(module, adapter_name=adapter_name)
+    save_file(
+        {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / PEFT_WEIGHTS
+    )
+    config = lora_config_of(module, adapter_name).to_dict()
+    config.update(base_model_name_or_path=base_model, inference_mode=True)
+    config["target_modules"] = sorted(config["target_modules"])
+    (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2, default=list))
+
+
+def save_adapters(
+    folder: Path,
+    text_encoder: torch.nn.Module | None,
+    unet: torch.nn.Module | None,
+    base_model: str,
+    adapter_name: str = "default",
+) -> None:
+    """Save adapter `adapter_name` of `text_encoder` and/or `unet` in both formats into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    layers, metadata = {}, {}
+    for name, module in (("text_encoder", text_encoder), ("unet", unet)):
+        if module is None:
+            continue
+        state = get_peft_model_state_dict(module, adapter_name=adapter_name)
+        layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
+        metadata[f"{name}_lora_adapter_metadata"] = lora_config_of(module, adapter_name).to_dict()
+        save_peft_adapter(module, folder / name, base_model, adapter_name)
+    StableDiffusionPipeline.save_lora_weights(folder, **layers, **metadata)
+
+
+def _find_weights(path: Path) -> Path:
+    """Resolve a user-given adapter path: a file, an adapter folder, or a run folder (its `lora/`)."""
+    if path.is_file():
+        return path
+    for candidate in (path, path / "lora"):
+        if (candidate / DIFFUSERS_WEIGHTS).is_file():
+            return candidate / DIFFUSERS_WEIGHTS
+    raise TexforceError(
+        f"no LoRA adapter at {path}: expected {PEFT_CONFIG} (PEFT) or {DIFFUSERS_WEIGHTS} (diffusers) in it"
+    )
+
+
+def _peft_folder(path: Path, component: str) -> Path | None:
+    for candidate in (path, path / component, path / "lora" / component):
+        if (candidate / PEFT_CONFIG).is_file():
+            return candidate
+    return None
+
+
+def _normalise_keys(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Map others' key layouts onto `module`: strip PEFT's prefix and, for transformers >= 5 CLIP text
+    models (no `text_model.` level), the `text_model.` of adapters saved with transformers 4."""
+    names = {name for name, _ in module.named_modules()}
+    normalised = {}
+    for key, value in state.items():
+        key = key.removeprefix(PEFT_PREFIX)
+        module_name = key.split(".lora_")[0]
+        if module_name not in names and key.startswith("text_model.") and module_name[11:] in names:
+            key = key[len("text_model.") :]
+        normalised[key] = value
+    return normalised
+
+
+def _load_peft(folder: Path, module: torch.nn.Module, adapter_name: str) -> None:
+    config = PeftLoraConfig.from_pretrained(str(folder))
+    weights = folder / PEFT_WEIGHTS
+    if weights.is_file():
+        state = load_file(weights)
+    elif (folder / "adapter_model.bin").is_file():
+        state = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise TexforceError(f"PEFT adapter {folder} has {PEFT_CONFIG} but no {PEFT_WEIGHTS}")
+    state = _normalise_keys(state, module)
+    try:
+        module.add_adapter(config, adapter_name=adapter_name)
+        result = set_peft_model_state_dict(module, state, adapter_name=adapter_name)
+    except (RuntimeError, ValueError) as error:
+        message = str(error).splitlines()[0]
+        raise TexforceError(
+            f"adapter {folder} does not fit this {type(module).__name__} (another base model?): {message}"
+        ) from None
+    if result.unexpected_keys:
+        raise TexforceError(
+            f"adapter {folder} has {len(result.unexpected_keys)} weights this {type(module).__name__} lacks "
+            f"(another base model?), e.g. {result.unexpected_keys[0]}"
+        )
+
+
+def load_adapter(
+    pipe: StableDiffusionPipeline, path: str | Path, component: str, adapter_name: str = "default"
+) -> None:
+    """Load a LoRA for `component` ("text_encoder" or "unet") of `pipe`, in PEFT or any diffusers format.
+
+    Other components' weights in a diffusers file are ignored, so `--text-lora` and `--unet-lora` may
+    point at two different adapters (the paper's plug-in stacking).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise TexforceError(f"adapter not found: {path}")
+    module = getattr(pipe, component)
+    folder = _peft_folder(path, component) if path.is_dir() else None
+    if folder is not None:
+        _load_peft(folder, module, adapter_name)
+        return
+    weights = _find_weights(path)
+    try:
+        state, alphas, metadata = pipe.lora_state_dict(str(weights), return_lora_metadata=True)
+    except Exception as error:  # diffusers raises many types for foreign files
+        raise TexforceError(f"cannot read LoRA file {weights}: {error}".splitlines()[0]) from None
+    prefix = f"{component}."
+    if not any(k.startswith(prefix) for k in state):
+        raise TexforceError(f"{weights} holds no {component} LoRA weights")
+    loader = pipe.load_lora_into_text_encoder if component == "text_encoder" else pipe.load_lora_into_unet
+    kwargs = {"prefix": "text_encoder"} if component == "text_encoder" else {}
+    try:
+        loader(state, alphas, module, adapter_name=adapter_name, metadata=metadata, **kwargs)
+    except (RuntimeError, ValueError) as error:
+        raise TexforceError(
+            f"adapter {weights} does not fit this {type(module).__name__} (another base model?): "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+
+
+def fuse_adapters(module: torch.nn.Module, adapter_names: Sequence[str], weights: Sequence[float]) -> None:
+    """Add adapter `fused` to `module` whose update is exactly sum_i w_i * scale_i * B_i A_i.
+
+    The adapters must share rank and targets. Their A matrices are stacked along the rank and their B
+    matrices scaled and stacked, so the fused adapter has rank sum(r_i) and scale 1: no approximation.
+    """
+    if len(adapter_names) != len(weights) or len(adapter_names) < 2:
+        raise TexforceError(
+            f"fusing needs two or more adapters, each with a weight; got {len(weights)} weights"
+        )
+    configs = [lora_config_of(module, name) for name in adapter_names]
+    first = configs[0]
+    for name, config in zip(adapter_names[1:], configs[1:], strict=True):
+        if config.r != first.r or set(config.target_modules) != set(first.target_modules):
+            raise TexforceError(
+                f"adapters differ: {adapter_names[0]} has rank {first.r} on {sorted(first.target_modules)}, "
+                f"{name} has rank {config.r} on {sorted(config.target_modules)}"
+            )
+    states = [get_peft_model_state_dict(module, adapter_name=name) for name in adapter_names]
+    if any(state.keys() != states[0].keys() for state in states):
+        raise TexforceError("adapters cover different layers; they cannot be fused")
+    fused = {}
+    for key in states[0]:
+        if ".lora_A." in key:
+            fused[key] = torch.cat([state[key] for state in states], dim=0)
+        else:
+            parts = [
+                w * (c.lora_alpha / c.r) * s[key] for w, c, s in zip(weights, configs, states, strict=True)
+            ]
+            fused[key] = torch.cat(parts, dim=1)
+    rank = first.r * len(states)
+    config = PeftLoraConfig(
+        r=rank, lora_alpha=rank, target_modules=sorted(first.target_modules), lora_dropout=0.0
+    )
+    module.add_adapter(config, adapter_name="fused")
+    set_peft_model_state_dict(module, fused, adapter_name="fused")

@@ -1,0 +1,198 @@
+"""DDIM sampling with per-step Gaussian log-probabilities: the policy's actions and their likelihoods.
+
+`ddim_step_with_logprob` re-implements `diffusers.DDIMScheduler.step` (diffusers 0.42.1,
+`schedulers/scheduling_ddim.py`) for eta > 0, with three changes:
+1. timesteps may differ per sample (a (B,) tensor), so one U-Net call can serve several timesteps;
+2. `prev_sample` may be given, to score a recorded transition instead of drawing a new one;
+3. it returns the log-density of `prev_sample` under the step's Gaussian, averaged over latent
+   dimensions as DDPO does (so PPO clip ranges such as 1e-4 carry over).
+
+Symbols follow the DDIM paper, eq. (12) and (16): a_t = alphas_cumprod[t], a_prev = alphas_cumprod[t - k],
+sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler
+
+from texforce.errors import TexforceError
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass
+class Trajectory:
+    """One batch of sampled denoising chains; everything PPO needs to replay them.
+
+    prompts: B strings; prompt_ids (B, L) token ids (the update re-encodes them with gradients);
+    latents (B, T+1, C, h, w) from pure noise to the final latent; log_probs (B, T) of each transition;
+    timesteps (T,) in sampling order; images (B, 3, H, W) in [0, 1].
+    """
+
+    prompts: list[str]
+    prompt_ids: torch.Tensor
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    timesteps: torch.Tensor
+    images: torch.Tensor
+
+
+def _alphas(
+    scheduler: DDIMScheduler, timesteps: torch.Tensor, like: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """a_t and a_prev per sample, shaped to broadcast against `like` (B, C, h, w), in fp32."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)
+    step = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    prev = timesteps - step
+    a_t = alphas_cumprod[timesteps]
+    a_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], scheduler.final_alpha_cumprod)
+    shape = (-1,) + (1,) * (like.ndim - 1)
+    return a_t.view(shape).float(), a_prev.view(shape).float()
+
+
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    timesteps: torch.Tensor | int,
+    sample: torch.Tensor,
+    eta: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stochastic DDIM step x_t -> x_prev. Returns `(prev_sample, log_prob)`, shapes (B, C, h, w), (B,).
+
+    If `prev_sample` is None a new one is drawn (noise from `generator`, made on the generator's device so
+    that a seed gives the same chain on any device); otherwise the given transition is scored.
+    Computation is in fp32 whatever the model's dtype.
+    """
+    if scheduler.num_inference_steps is None:
+        raise ValueError("call scheduler.set_timesteps(num_steps) first")
+    if scheduler.config.thresholding:
+        raise TexforceError("DDIM thresholding is not supported with log-probabilities")
+    sample32, output32 = sample.float(), model_output.float()
+    if not torch.is_tensor(timesteps):
+        timesteps = torch.full((sample.shape[0],), int(timesteps), device=sample.device)
+    a_t, a_prev = _alphas(scheduler, timesteps.to(sample.device).long(), sample32)
+    b_t = 1 - a_t
+
+    # 1. predicted x_0 and epsilon (eq. 12), for each parameterisation
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        pred_x0 = (sample32 - b_t.sqrt() * output32) / a_t.sqrt()
+        pred_eps = output32
+    elif kind == "v_prediction":
+        pred_x0 = a_t.sqrt() * sample32 - b_t.sqrt() * output32
+        pred_eps = a_t.sqrt() * output32 + b_t.sqrt() * sample32
+    elif kind == "sample":
+        pred_x0 = output32
+        pred_eps = (sample32 - a_t.sqrt() * pred_x0) / b_t.sqrt()
+    else:
+        raise TexforceError(f"unsupported prediction_type {kind!r}")
+    if scheduler.config.clip_sample:
+        r = scheduler.config.clip_sample_range
+        pred_x0 = pred_x0.clamp(-r, r)
+
+    # 2. sigma_t (eq. 16) and the mean of x_prev
+    variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    std = eta * variance.sqrt()
+    mean = a_prev.sqrt() * pred_x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * pred_eps
+
+    # 3. draw x_prev, or score the given one
+    if prev_sample is None:
+        noise_device = generator.device if generator is not None else sample.device
+        noise = torch.randn(sample32.shape, generator=generator, device=noise_device).to(sample.device)
+        prev32 = mean + std * noise
+    else:
+        prev32 = prev_sample.float()
+    log_prob = -((prev32.detach() - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI
+    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+    return prev32.to(sample.dtype), log_prob
+
+
+def check_schedule(scheduler: DDIMScheduler, num_steps: int) -> None:
+    """Every step must have positive variance, else its log-prob is NaN and one update poisons the LoRA."""
+    scheduler.set_timesteps(num_steps)
+    timesteps = scheduler.timesteps
+    probe = torch.zeros(len(timesteps), 1)
+    a_t, a_prev = _alphas(scheduler, timesteps.long(), probe)
+    zero = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) <= 0
+    if zero.any():
+        bad = timesteps[zero.view(-1)].tolist()
+        raise TexforceError(
+            f"the DDIM schedule has zero-variance steps at t={bad} (steps_offset="
+            f"{scheduler.config.steps_offset}, set_alpha_to_one={scheduler.config.set_alpha_to_one}); "
+            "their log-probability is undefined: use steps_offset=1 or fewer sampling steps"
+        )
+
+
+NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def guided_noise_fn(
+    unet: torch.nn.Module,
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor | None,
+    guidance_scale: float,
+) -> NoisePredictor:
+    """`(latents (B,C,h,w), timesteps (B,)) -> noise prediction (B,C,h,w)` with classifier-free guidance.
+
+    The negative and positive branches run as one U-Net batch of 2B, as diffusers does at inference.
+    Without `negative_embeds` (guidance disabled) only the positive branch runs.
+    """
+    dtype = next(unet.parameters()).dtype
+
+    def predict(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if negative_embeds is None:
+            return unet(latents.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype)).sample
+        output = unet(
+            torch.cat([latents, latents]).to(dtype),
+            torch.cat([timesteps, timesteps]),
+            encoder_hidden_states=torch.cat([negative_embeds, prompt_embeds]).to(dtype),
+        ).sample
+        uncond, cond = output.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    return predict
+
+
+@torch.no_grad()
+def sample_latents(
+    predict: NoisePredictor,
+    scheduler: DDIMScheduler,
+    initial_latents: torch.Tensor,
+    num_steps: int,
+    eta: float,
+    generator: torch.Generator | None = None,
+    progress: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the DDIM chain from `initial_latents`. Returns latents (B, T+1, ...), log_probs (B, T), timesteps (T,)."""
+    scheduler.set_timesteps(num_steps, device=initial_latents.device)
+    latents = initial_latents * scheduler.init_noise_sigma
+    all_latents, all_log_probs = [latents], []
+    for t in scheduler.timesteps:
+        timesteps = t.expand(latents.shape[0])
+        noise_pred = predict(scheduler.scale_model_input(latents, t), timesteps)
+        latents, log_prob = ddim_step_with_logprob(
+            scheduler, noise_pred, timesteps, latents, eta, generator=generator
+        )
+        all_latents.append(latents)
+        all_log_probs.append(log_prob)
+        if progress is not None:
+            progress()
+    return torch.stack(all_latents, dim=1), torch.stack(all_log_probs, dim=1), scheduler.timesteps.clone()
+
+
+@torch.no_grad()
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
+    """VAE-decode latents (B, C, h, w) to images (B, 3, H, W) in [0, 1], fp32, in chunks to bound memory."""
+    dtype = next(vae.parameters()).dtype
+    images = []
+    for chunk in latents.split(chunk_size):
+        decoded = vae.decode(chunk.to(dtype) / vae.config.scaling_factor).sample
+        images.append((decoded.float() / 2 + 0.5).clamp(0, 1))
+    return torch.cat(images)

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny Stable Diffusion saved as a real pipeline folder, and a tiny run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from texforce.config import load_config
+from texforce.models import build_tiny_pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32×32-image random-weight pipeline saved with `save_pretrained`, loaded through the real path."""
+    folder = tmp_path_factory.mktemp("tiny_sd") / "pipeline"
+    build_tiny_pipeline(seed=0, image_size=32).save_pretrained(folder)
+    return folder
+
+
+def tiny_overrides(model_dir: Path, output_dir: Path, **extra: object) -> list[str]:
+    """Overrides that make any run take a second or two on a CPU."""
+    values = {
+        "model.base": str(model_dir),
+        "output_dir": str(output_dir),
+        "run_name": "run",
+        "prompts.train": "animals",
+        "reward": "jpeg_compressibility",
+        "sample.num_steps": 4,
+        "sample.batch_size_per_device": 4,
+        "sample.num_batches_per_epoch": 2,
+        "sample.guidance_scale": 5.0,
+        "train.batch_size_per_device": 2,
+        "train.gradient_accumulation_steps": 2,
+        "train.num_epochs": 2,
+        "train.timestep_fraction": 0.5,
+        "train.clip_range": 0.2,
+        "text_lora.learning_rate": 1e-2,
+        "advantage.mode": "batch",
+        "eval.num_prompts": 2,
+        "eval.num_seeds": 1,
+    }
+    values.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir: Path, tmp_path: Path):
+    return load_config(None, tiny_overrides(tiny_model_dir, tmp_path / "runs"))

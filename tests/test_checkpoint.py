@@ -1,0 +1,45 @@
+"""Checkpoints are complete or absent: a crash mid-write never leaves one that looks valid."""
+
+import pytest
+import torch
+
+from texforce.checkpoint import complete_checkpoints, load_checkpoint_state, write_checkpoint
+from texforce.errors import TexforceError
+
+
+def write_adapter(folder):
+    folder.mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(b"x" * 10)
+
+
+def test_write_and_prune(tmp_path):
+    for epoch in (1, 2, 3):
+        write_checkpoint(tmp_path, epoch, {"epoch": epoch, "t": torch.ones(2)}, write_adapter, keep=2)
+    checkpoints = complete_checkpoints(tmp_path)
+    assert [p.name for p in checkpoints] == ["checkpoint_00002", "checkpoint_00003"]
+    assert load_checkpoint_state(checkpoints[-1])["epoch"] == 3
+
+
+def test_crash_while_writing_leaves_previous_intact(tmp_path):
+    write_checkpoint(tmp_path, 1, {"epoch": 1}, write_adapter, keep=3)
+
+    def crash(folder):
+        folder.mkdir(parents=True)
+        (folder / "half").write_bytes(b"x")
+        raise KeyboardInterrupt  # as a kill would, mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(tmp_path, 2, {"epoch": 2}, crash, keep=3)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint_00001"]
+
+
+def test_unwritable_folder_is_a_clear_error(tmp_path):
+    write_checkpoint(tmp_path, 1, {"epoch": 1}, write_adapter, keep=3)
+
+    def disk_full(folder):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(TexforceError, match="No space left on device.*previous checkpoint is intact"):
+        write_checkpoint(tmp_path, 2, {"epoch": 2}, disk_full, keep=3)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint_00001"]
+    assert not (tmp_path / "checkpoints" / "checkpoint_00002.tmp").exists()

@@ -1,0 +1,74 @@
+import pytest
+
+from texforce.config import builtin_configs, load_config, to_dict
+from texforce.errors import TexforceError
+
+
+def test_defaults_are_the_papers():
+    config = load_config()
+    assert (config.text_lora.rank, config.text_lora.alpha, config.text_lora.init) == (16, 16.0, "gaussian")
+    assert config.text_lora.target_modules == ["q_proj", "k_proj", "v_proj", "out_proj"]
+    assert (
+        config.unet_lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"] and not config.unet_lora.use
+    )
+    assert config.sample.eta == 1.0 and config.train.use_lora_for_negative
+
+
+def test_overrides_are_typed():
+    config = load_config(
+        None,
+        [
+            "train.clip_range=2e-4",
+            "unet_lora.use=true",
+            "sample.num_steps=20",
+            "text_lora.target_modules=q_proj,v_proj",
+        ],
+    )
+    assert config.train.clip_range == 2e-4 and config.unet_lora.use and config.sample.num_steps == 20
+    assert config.text_lora.target_modules == ["q_proj", "v_proj"]
+    assert config.num_train_timesteps == 20
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.clip_rnge=1", "did you mean train.clip_range"),
+        ("modl.base=x", "did you mean model"),
+        ("text_lora.learning_rate=-1", "text_lora.learning_rate must be > 0"),
+        ("sample.eta=-0.5", "sample.eta must be > 0"),
+        ("train.timestep_fraction=0", r"timestep_fraction must be in \(0, 1\]"),
+        ("train.timestep_fraction=1.5", r"timestep_fraction must be in \(0, 1\]"),
+        ("train.batch_size_per_device=3", "must divide the samples per epoch"),
+        ("train.gradient_accumulation_steps=3", "gradient_accumulation_steps .* must divide"),
+        ("train.num_epochs=many", "train.num_epochs must be int"),
+        ("reward=aesthetics_v9", "unknown reward 'aesthetics_v9'; valid rewards"),
+        ("prompts.train=no_such_set", "neither a prompt file nor a built-in set"),
+        ("advantage.mode=global", "advantage.mode must be per_prompt or batch"),
+        ("model.dtype=fp8", "model.dtype must be bf16, fp16 or fp32"),
+        ("train=3", "train must be a section"),
+        ("seed", "must look like section.key=value"),
+    ],
+)
+def test_bad_values_fail_with_one_line(override, message):
+    with pytest.raises(TexforceError, match=message) as error:
+        load_config(None, [override])
+    assert "\n" not in str(error.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(TexforceError, match="neither a file nor a built-in config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(TexforceError, match="not valid YAML"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(TexforceError, match="must hold a mapping"):
+        load_config(listing)
+
+
+@pytest.mark.parametrize("name", sorted(builtin_configs()))
+def test_every_shipped_config_loads_and_validates(name):
+    config = load_config(name)
+    assert to_dict(load_config(name)) == to_dict(config)

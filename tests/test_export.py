@@ -1,0 +1,135 @@
+"""Adapters round-trip through both formats, load others' layouts, and fuse exactly."""
+
+import shutil
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
+from texforce.config import LoraConfig, UNetLoraConfig
+from texforce.errors import TexforceError
+from texforce.export import fuse_adapters, load_adapter, save_adapters
+from texforce.models import add_lora, build_tiny_pipeline, peft_lora_config
+
+
+def trained_pipeline(alpha: float = 8.0, seed: int = 1):
+    """A tiny pipeline whose LoRAs are non-zero (B perturbed), with alpha != rank to test scaling."""
+    pipe = build_tiny_pipeline(image_size=32)
+    add_lora(pipe.text_encoder, LoraConfig(alpha=alpha), seed)
+    add_lora(pipe.unet, UNetLoraConfig(use=True, rank=4, alpha=2.0), seed + 1)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in (pipe.text_encoder, pipe.unet):
+            for name, param in module.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return pipe
+
+
+def embed(pipe, prompt="a photo of a cat"):
+    ids = pipe.tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+def images(pipe):
+    generator = torch.Generator().manual_seed(0)
+    return pipe("a photo of a cat", num_inference_steps=3, generator=generator, output_type="pt").images
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    pipe = trained_pipeline()
+    folder = tmp_path_factory.mktemp("adapters")
+    save_adapters(folder, pipe.text_encoder, pipe.unet, "texforce/tiny-random")
+    return pipe, folder
+
+
+def test_layout(saved):
+    _, folder = saved
+    for name in (
+        "pytorch_lora_weights.safetensors",
+        "text_encoder/adapter_config.json",
+        "text_encoder/adapter_model.safetensors",
+        "unet/adapter_config.json",
+    ):
+        assert (folder / name).is_file()
+
+
+def test_stock_diffusers_and_peft_loading_are_exact(saved):
+    pipe, folder = saved
+    reference_embeds, reference_images = embed(pipe), images(pipe)
+    stock = build_tiny_pipeline(image_size=32)
+    stock.load_lora_weights(folder)
+    assert torch.equal(embed(stock), reference_embeds)
+    torch.testing.assert_close(images(stock), reference_images, atol=1e-6, rtol=0)
+    plain = build_tiny_pipeline(image_size=32)
+    peft_text_encoder = PeftModel.from_pretrained(plain.text_encoder, folder / "text_encoder")
+    ids = plain.tokenizer(
+        ["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        assert torch.equal(peft_text_encoder(ids)[0], reference_embeds)
+
+
+@pytest.mark.parametrize("source", ["text_encoder", "pytorch_lora_weights.safetensors", "."])
+def test_our_loader_reads_both_formats(saved, source):
+    pipe, folder = saved
+    fresh = build_tiny_pipeline(image_size=32)
+    load_adapter(fresh, folder / source, "text_encoder")
+    load_adapter(fresh, folder if source == "." else folder / "unet", "unet")
+    assert torch.equal(embed(fresh), embed(pipe))
+    torch.testing.assert_close(images(fresh), images(pipe), atol=1e-6, rtol=0)
+
+
+def test_transformers4_layout_of_official_texforce_adapters(saved, tmp_path):
+    """The official release's PEFT keys carry `text_model.` (transformers 4); they must still load."""
+    pipe, folder = saved
+    old = tmp_path / "sd14_texforce"
+    shutil.copytree(folder / "text_encoder", old)
+    weights = load_file(old / "adapter_model.safetensors")
+    save_file(
+        {k.replace("base_model.model.", "base_model.model.text_model."): v for k, v in weights.items()},
+        old / "adapter_model.safetensors",
+    )
+    fresh = build_tiny_pipeline(image_size=32)
+    load_adapter(fresh, old, "text_encoder")
+    assert torch.equal(embed(fresh), embed(pipe))
+
+
+def test_adapter_of_another_base_is_refused(saved):
+    _, folder = saved
+    wider = build_tiny_pipeline(image_size=32, cross_attention_dim=64)
+    with pytest.raises(TexforceError, match="does not fit"):
+        load_adapter(wider, folder / "text_encoder", "text_encoder")
+    with pytest.raises(TexforceError, match="no LoRA adapter"):
+        load_adapter(wider, folder.parent, "text_encoder")
+
+
+def test_fuse_is_the_exact_weighted_sum_of_updates(tmp_path):
+    pipes = [trained_pipeline(alpha=a, seed=s) for a, s in ((8.0, 1), (16.0, 2))]
+    base = build_tiny_pipeline(image_size=32)
+    weights = [0.7, -0.4]
+    for i, pipe in enumerate(pipes):
+        delta = embed(pipe) - embed(base)
+        assert delta.abs().max() > 0
+        save_adapters(tmp_path / f"a{i}", pipe.text_encoder, None, "texforce/tiny-random")
+        load_adapter(base, tmp_path / f"a{i}", "text_encoder", adapter_name=f"a{i}")
+    fuse_adapters(base.text_encoder, ["a0", "a1"], weights)
+    base.text_encoder.set_adapter("fused")
+    layer = "encoder.layers.0.self_attn.q_proj"
+    fused = dict(base.text_encoder.named_modules())[layer].get_delta_weight("fused")
+    expected = sum(
+        w * dict(p.text_encoder.named_modules())[layer].get_delta_weight("default")
+        for w, p in zip(weights, pipes, strict=True)
+    )
+    torch.testing.assert_close(fused, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_fuse_refuses_mismatched_ranks():
+    pipe = build_tiny_pipeline(image_size=32)
+    add_lora(pipe.text_encoder, LoraConfig(rank=4), 0)
+    pipe.text_encoder.add_adapter(peft_lora_config(LoraConfig(rank=8)), "other")
+    with pytest.raises(TexforceError, match="adapters differ: default has rank 4"):
+        fuse_adapters(pipe.text_encoder, ["default", "other"], [0.5, 0.5])

@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from texforce.config import LoraConfig, ModelConfig
+from texforce.errors import TexforceError
+from texforce.models import add_lora, build_tiny_pipeline, load_pipeline, prepare_pipeline
+
+
+def test_missing_hub_model_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TexforceError, match="hf download no-org/no-model") as error:
+        load_pipeline("no-org/no-model")
+    assert "\n" not in str(error.value) and "cache" in str(error.value)
+
+
+def test_folder_that_is_not_a_pipeline(tmp_path):
+    with pytest.raises(TexforceError, match="no model_index.json"):
+        load_pipeline(str(tmp_path))
+
+
+def test_local_folder_loads_frozen_in_fp32_on_cpu(tiny_model_dir):
+    pipe = prepare_pipeline(ModelConfig(base=str(tiny_model_dir), dtype="bf16"), torch.device("cpu"))
+    assert pipe.unet.dtype == torch.float32 and type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert not any(p.requires_grad for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
+
+
+def test_lora_is_fp32_seeded_and_on_every_attention_projection():
+    pipes = [build_tiny_pipeline(image_size=32) for _ in range(2)]
+    params = [add_lora(p.text_encoder, LoraConfig(), seed=7) for p in pipes]
+    assert all(p.dtype == torch.float32 for p in params[0])
+    assert all(torch.equal(a, b) for a, b in zip(*params, strict=True))
+    layers = pipes[0].text_encoder.config.num_hidden_layers
+    assert len(params[0]) == layers * 4 * 2  # q, k, v, out × (A, B)
+    with pytest.raises(TexforceError, match="cannot add LoRA to UNet2DConditionModel: .*nothing_here.* not found"):
+        add_lora(pipes[1].unet, LoraConfig(target_modules=["nothing_here"]), seed=0)

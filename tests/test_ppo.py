@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+import torch
+
+from texforce.ppo import PerPromptStatTracker, batch_advantages, ppo_clipped_loss
+
+
+def test_stat_tracker_uses_batch_stats_until_min_count():
+    tracker = PerPromptStatTracker(buffer_size=4, min_count=3)
+    rewards = np.array([1.0, 2.0, 3.0, 10.0])
+    advantages = tracker.update(["a", "a", "b", "b"], rewards)
+    np.testing.assert_allclose(advantages, (rewards - rewards.mean()) / (rewards.std() + 1e-6))
+    advantages = tracker.update(["a", "b"], np.array([3.0, 0.0]))
+    # "a" now has 3 values [1, 2, 3] -> own stats; "b" has [3, 10, 0] -> own stats too
+    assert advantages[0] == pytest.approx((3.0 - 2.0) / (np.std([1, 2, 3]) + 1e-6))
+    assert advantages[1] == pytest.approx((0.0 - np.mean([3, 10, 0])) / (np.std([3, 10, 0]) + 1e-6))
+
+
+def test_stat_tracker_buffer_is_bounded_and_restorable():
+    tracker = PerPromptStatTracker(buffer_size=2, min_count=1)
+    tracker.update(["a"] * 3, np.array([1.0, 2.0, 3.0]))
+    assert tracker.state_dict() == {"a": [2.0, 3.0]}
+    other = PerPromptStatTracker(buffer_size=2, min_count=1)
+    other.load_state_dict(tracker.state_dict())
+    np.testing.assert_allclose(other.update(["a"], np.array([5.0])), tracker.update(["a"], np.array([5.0])))
+
+
+def test_batch_advantages_are_standardised():
+    advantages = batch_advantages(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert advantages.mean() == pytest.approx(0.0) and advantages.std() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ppo_loss_on_policy_and_clipping():
+    log_probs = torch.tensor([0.0, 0.0], requires_grad=True)
+    stats = ppo_clipped_loss(log_probs, torch.zeros(2), torch.tensor([1.0, -1.0]), clip_range=0.1)
+    assert stats.ratio.item() == 1.0 and stats.clipfrac.item() == 0.0 and stats.approx_kl.item() == 0.0
+    stats.loss.backward()
+    torch.testing.assert_close(log_probs.grad, torch.tensor([-0.5, 0.5]))
+    # ratio e^0.5 > 1.1 with positive advantage: clipped, no gradient
+    log_probs = torch.tensor([0.5], requires_grad=True)
+    stats = ppo_clipped_loss(log_probs, torch.zeros(1), torch.tensor([1.0]), clip_range=0.1)
+    stats.loss.backward()
+    assert stats.loss.item() == pytest.approx(-1.1) and log_probs.grad.item() == 0.0
+    assert stats.clipfrac.item() == 1.0

@@ -1,0 +1,158 @@
+"""The PPO update: on-policy ratio, where gradients go, the encode-once trick, and bit-exact resume."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_overrides
+from safetensors.torch import load_file
+
+from texforce.config import load_config
+from texforce.run import RunLogger, train_run
+from texforce.sampling import ddim_step_with_logprob, guided_noise_fn
+from texforce.trainer import DDPOTrainer, epoch_generator
+
+
+def make_trainer(model_dir, tmp_path, **extra) -> DDPOTrainer:
+    config = load_config(None, tiny_overrides(model_dir, tmp_path / "runs", **extra))
+    trainer = DDPOTrainer(config, RunLogger(tmp_path, config.train.num_epochs, 1, quiet=True))
+    trainer.setup()
+    return trainer
+
+
+def first_batch(trainer):
+    generator = epoch_generator(trainer.config.seed, 0)
+    trajectory = trainer.sample(trainer.draw_prompts(generator), generator)
+    advantages = torch.linspace(-1, 1, len(trajectory.prompts))
+    rows = torch.arange(trainer.config.train.batch_size_per_device)
+    steps = torch.stack([torch.randperm(trajectory.log_probs.shape[1], generator=generator) for _ in rows])
+    return trajectory, advantages, rows, steps[:, : trainer.config.num_train_timesteps]
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_ratio_is_one_on_policy_and_only_lora_gets_gradients(tiny_model_dir, tmp_path, joint):
+    trainer = make_trainer(tiny_model_dir, tmp_path, unet_lora__use=joint)
+    trajectory, advantages, rows, steps = first_batch(trainer)
+    stats = trainer.train_micro_batch(trajectory, advantages, rows, steps)
+    assert abs(stats["ratio"] - 1.0) < 1e-5 and stats["clipfrac"] == 0.0 and stats["approx_kl"] < 1e-10
+    for module, trained in ((trainer.text_encoder, True), (trainer.unet, joint), (trainer.pipe.vae, False)):
+        for name, param in module.named_parameters():
+            if "lora_" in name:  # at init B = 0, so A's gradient is exactly zero; B's must not be
+                assert trained and param.grad is not None, name
+                assert "lora_A" in name or param.grad.abs().sum() > 0, name
+            else:
+                assert param.grad is None and not param.requires_grad, name
+
+
+def plain_loop_gradients(trainer, trajectory, advantages, rows, steps):
+    """Reference: re-encode the prompts for every timestep and back-propagate each step on its own."""
+    c = trainer.config
+    for j in range(steps.shape[1]):
+        embeds = trainer.encode(trajectory.prompt_ids[rows])
+        negative = trainer.negative_embeds(len(rows))
+        predict = guided_noise_fn(trainer.unet, embeds, negative, c.sample.guidance_scale)
+        step = steps[:, j]
+        latents = trajectory.latents[rows, step]
+        _, log_probs = ddim_step_with_logprob(
+            trainer.scheduler,
+            predict(latents, trajectory.timesteps[step]),
+            trajectory.timesteps[step],
+            latents,
+            c.sample.eta,
+            prev_sample=trajectory.latents[rows, step + 1],
+        )
+        ratio = torch.exp(log_probs - trajectory.log_probs[rows, step])
+        adv = advantages[rows]
+        loss = torch.maximum(
+            -adv * ratio, -adv * ratio.clamp(1 - c.train.clip_range, 1 + c.train.clip_range)
+        ).mean()
+        (loss / (steps.shape[1] * c.train.gradient_accumulation_steps)).backward()
+    return [p.grad.clone() for p in trainer.trainable]
+
+
+@pytest.mark.parametrize("lora_for_negative", [True, False])
+def test_encode_once_equals_plain_loop(tiny_model_dir, tmp_path, lora_for_negative):
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, train__use_lora_for_negative=lora_for_negative, unet_lora__use=True
+    )
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # move off the zero-B init so that every gradient is generic
+        for module in (trainer.text_encoder, trainer.unet):
+            for name, param in module.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.05, generator=generator)
+    trajectory, advantages, rows, steps = first_batch(trainer)
+    trainer.train_micro_batch(trajectory, advantages, rows, steps)
+    fast = [p.grad.clone() for p in trainer.trainable]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    reference = plain_loop_gradients(trainer, trajectory, advantages, rows, steps)
+    for a, b in zip(
+        fast, reference, strict=True
+    ):  # fp32 summation order differs: 1e-5 of each tensor's scale
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-5)
+
+
+def test_negative_branch_off_the_lora_uses_the_base_encoder(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, train__use_lora_for_negative=False)
+    with torch.no_grad():
+        for name, param in trainer.text_encoder.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.1)
+        with_lora = trainer.encode(trainer.negative_ids)
+        trainer.text_encoder.disable_adapters()
+        base = trainer.encode(trainer.negative_ids)
+        trainer.text_encoder.enable_adapters()
+    assert not torch.allclose(with_lora, base)
+    assert torch.equal(trainer.negative_embeds(1), base)
+
+
+def test_resume_equals_uninterrupted_run(tiny_model_dir, tmp_path, monkeypatch):
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        tmp_path,
+        train__num_epochs=3,
+        advantage__mode="per_prompt",
+        advantage__min_count=2,
+        unet_lora__use=True,
+    )
+    straight = train_run(None, [*overrides, "run_name=straight"], quiet=True)
+
+    original = RunLogger.checkpoint
+
+    def crash_after_first(self, epoch, state, write_adapters):
+        original(self, epoch, state, write_adapters)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunLogger, "checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(None, [*overrides, "run_name=resumed"], quiet=True)
+    monkeypatch.setattr(RunLogger, "checkpoint", original)
+    resumed = train_run(resume=str(tmp_path / "resumed"), quiet=True)
+
+    for part in ("text_encoder", "unet"):
+        a = load_file(straight / "lora" / part / "adapter_model.safetensors")
+        b = load_file(resumed / "lora" / part / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def metrics(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+    assert metrics(straight) == metrics(resumed) and len(metrics(resumed)) == 3
+    assert (
+        json.loads((straight / "eval.json").read_text())["after"]
+        == json.loads((resumed / "eval.json").read_text())["after"]
+    )
+
+
+def test_resume_refuses_another_config(tiny_model_dir, tmp_path):
+    from texforce.errors import TexforceError
+
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, train__num_epochs=1)
+    run = train_run(None, overrides, quiet=True)
+    with pytest.raises(TexforceError, match=r"another config: train.clip_range"):
+        train_run(None, ["train.clip_range=0.5"], resume=str(run), quiet=True)
+    with pytest.raises(TexforceError, match="already exists"):
+        train_run(None, overrides, quiet=True)
