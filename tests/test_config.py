@@ -8,9 +8,7 @@ def test_defaults_are_the_papers():
     config = load_config()
     assert (config.text_lora.rank, config.text_lora.alpha, config.text_lora.init) == (16, 16.0, "gaussian")
     assert config.text_lora.target_modules == ["q_proj", "k_proj", "v_proj", "out_proj"]
-    assert (
-        config.unet_lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"] and not config.unet_lora.use
-    )
+    assert config.unet_lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"] and not config.unet_lora.use
     assert config.sample.eta == 1.0 and config.train.use_lora_for_negative
 
 

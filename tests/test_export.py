@@ -66,9 +66,7 @@ def test_stock_diffusers_and_peft_loading_are_exact(saved):
     torch.testing.assert_close(images(stock), reference_images, atol=1e-6, rtol=0)
     plain = build_tiny_pipeline(image_size=32)
     peft_text_encoder = PeftModel.from_pretrained(plain.text_encoder, folder / "text_encoder")
-    ids = plain.tokenizer(
-        ["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt"
-    ).input_ids
+    ids = plain.tokenizer(["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(peft_text_encoder(ids)[0], reference_embeds)
 

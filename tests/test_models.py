@@ -8,13 +8,13 @@ from texforce.models import add_lora, build_tiny_pipeline, load_pipeline, prepar
 
 def test_missing_hub_model_is_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(TexforceError, match="hf download no-org/no-model") as error:
+    with pytest.raises(TexforceError, match=r"hf download no-org/no-model") as error:
         load_pipeline("no-org/no-model")
     assert "\n" not in str(error.value) and "cache" in str(error.value)
 
 
 def test_folder_that_is_not_a_pipeline(tmp_path):
-    with pytest.raises(TexforceError, match="no model_index.json"):
+    with pytest.raises(TexforceError, match=r"no model_index\.json"):
         load_pipeline(str(tmp_path))
 
 
@@ -31,5 +31,5 @@ def test_lora_is_fp32_seeded_and_on_every_attention_projection():
     assert all(torch.equal(a, b) for a, b in zip(*params, strict=True))
     layers = pipes[0].text_encoder.config.num_hidden_layers
     assert len(params[0]) == layers * 4 * 2  # q, k, v, out × (A, B)
-    with pytest.raises(TexforceError, match="cannot add LoRA to UNet2DConditionModel: .*nothing_here.* not found"):
+    with pytest.raises(TexforceError, match=r"cannot add LoRA to UNet2DConditionModel: .*nothing_here.* not found"):
         add_lora(pipes[1].unet, LoraConfig(target_modules=["nothing_here"]), seed=0)

@@ -1,9 +1,9 @@
 """LoRA adapters on disk: save in both diffusers and PEFT formats, load either (ours or others'), fuse.
 
 Layout of an exported adapter folder (`RUN/lora`, and inside every checkpoint):
-    pytorch_lora_weights.safetensors  diffusers format: `pipe.load_lora_weights(folder)`; alpha kept as metadata
-    text_encoder/                     PEFT format: `PeftModel.from_pretrained(pipe.text_encoder, folder / "text_encoder")`
-    unet/                             PEFT format, only when a U-Net adapter was trained
+    pytorch_lora_weights.safetensors  diffusers: `pipe.load_lora_weights(folder)`; alpha kept as metadata
+    text_encoder/                     PEFT: `PeftModel.from_pretrained(pipe.text_encoder, folder / "text_encoder")`
+    unet/                             PEFT, only when a U-Net adapter was trained
 """
 
 from __future__ import annotations
@@ -31,15 +31,11 @@ def lora_config_of(module: torch.nn.Module, adapter_name: str = "default") -> Pe
     return module.peft_config[adapter_name]
 
 
-def save_peft_adapter(
-    module: torch.nn.Module, folder: Path, base_model: str, adapter_name: str = "default"
-) -> None:
+def save_peft_adapter(module: torch.nn.Module, folder: Path, base_model: str, adapter_name: str = "default") -> None:
     """Write `module`'s adapter as a standard PEFT folder (config + safetensors with `base_model.model.` keys)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(module, adapter_name=adapter_name)
-    save_file(
-        {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / PEFT_WEIGHTS
-    )
+    save_file({PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / PEFT_WEIGHTS)
     config = lora_config_of(module, adapter_name).to_dict()
     config.update(base_model_name_or_path=base_model, inference_mode=True)
     config["target_modules"] = sorted(config["target_modules"])
@@ -166,9 +162,7 @@ def fuse_adapters(module: torch.nn.Module, adapter_names: Sequence[str], weights
     matrices scaled and stacked, so the fused adapter has rank sum(r_i) and scale 1: no approximation.
     """
     if len(adapter_names) != len(weights) or len(adapter_names) < 2:
-        raise TexforceError(
-            f"fusing needs two or more adapters, each with a weight; got {len(weights)} weights"
-        )
+        raise TexforceError(f"fusing needs two or more adapters, each with a weight; got {len(weights)} weights")
     configs = [lora_config_of(module, name) for name in adapter_names]
     first = configs[0]
     for name, config in zip(adapter_names[1:], configs[1:], strict=True):
@@ -185,13 +179,9 @@ def fuse_adapters(module: torch.nn.Module, adapter_names: Sequence[str], weights
         if ".lora_A." in key:
             fused[key] = torch.cat([state[key] for state in states], dim=0)
         else:
-            parts = [
-                w * (c.lora_alpha / c.r) * s[key] for w, c, s in zip(weights, configs, states, strict=True)
-            ]
+            parts = [w * (c.lora_alpha / c.r) * s[key] for w, c, s in zip(weights, configs, states, strict=True)]
             fused[key] = torch.cat(parts, dim=1)
     rank = first.r * len(states)
-    config = PeftLoraConfig(
-        r=rank, lora_alpha=rank, target_modules=sorted(first.target_modules), lora_dropout=0.0
-    )
+    config = PeftLoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(first.target_modules), lora_dropout=0.0)
     module.add_adapter(config, adapter_name="fused")
     set_peft_model_state_dict(module, fused, adapter_name="fused")

@@ -38,9 +38,7 @@ def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name] if device.type == "cuda" else torch.float32
 
 
-def build_tiny_pipeline(
-    seed: int = 0, image_size: int = 64, cross_attention_dim: int = 32
-) -> StableDiffusionPipeline:
+def build_tiny_pipeline(seed: int = 0, image_size: int = 64, cross_attention_dim: int = 32) -> StableDiffusionPipeline:
     """A few-MB Stable Diffusion of the true architecture with random weights and the real CLIP tokenizer.
 
     Latents are image_size/2 on a side, 4 channels. Used by tests and as a built-in base model

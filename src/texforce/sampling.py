@@ -42,9 +42,7 @@ class Trajectory:
     images: torch.Tensor
 
 
-def _alphas(
-    scheduler: DDIMScheduler, timesteps: torch.Tensor, like: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
+def _alphas(scheduler: DDIMScheduler, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """a_t and a_prev per sample, shaped to broadcast against `like` (B, C, h, w), in fp32."""
     alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)
     step = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
@@ -177,9 +175,7 @@ def sample_latents(
     for t in scheduler.timesteps:
         timesteps = t.expand(latents.shape[0])
         noise_pred = predict(scheduler.scale_model_input(latents, t), timesteps)
-        latents, log_prob = ddim_step_with_logprob(
-            scheduler, noise_pred, timesteps, latents, eta, generator=generator
-        )
+        latents, log_prob = ddim_step_with_logprob(scheduler, noise_pred, timesteps, latents, eta, generator=generator)
         all_latents.append(latents)
         all_log_probs.append(log_prob)
         if progress is not None:

@@ -23,9 +23,7 @@ VOCAB_SIZE = 49_408
 def _byte_symbols() -> list[str]:
     """The 256 printable stand-ins CLIP's byte-level BPE uses for raw bytes, in CLIP's order."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     symbols = [chr(b) for b in printable]
     extra = 0

@@ -17,15 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example:\n  texforce fuse runs/count/lora runs/relation/lora --weights 0.5 0.5 -o fused",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "adapters", nargs="+", metavar="ADAPTER", help="PEFT folders, diffusers files/folders or runs"
-    )
-    parser.add_argument(
-        "--weights", nargs="+", type=float, help="one per adapter (default: equal, summing to 1)"
-    )
-    parser.add_argument(
-        "--model", help="base model the adapters belong to (default: the first adapter's base)"
-    )
+    parser.add_argument("adapters", nargs="+", metavar="ADAPTER", help="PEFT folders, diffusers files/folders or runs")
+    parser.add_argument("--weights", nargs="+", type=float, help="one per adapter (default: equal, summing to 1)")
+    parser.add_argument("--model", help="base model the adapters belong to (default: the first adapter's base)")
     parser.add_argument("-o", "--output", required=True, help="output folder (both formats)")
     parser.set_defaults(func=run)
 

@@ -17,9 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "      --unet-lora lora_weights/sd14_refl --prompt 'a painting of a dog' -n 4 -o dog.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--model", help="base model: hub id, local folder or built-in (default: the training default)"
-    )
+    parser.add_argument("--model", help="base model: hub id, local folder or built-in (default: the training default)")
     parser.add_argument(
         "--text-lora", metavar="PATH", help="text-encoder adapter: PEFT folder, diffusers file/folder, or run"
     )
@@ -29,17 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts", metavar="SET|FILE", help="a built-in prompt set or a prompt file")
     parser.add_argument("--negative-prompt", default="")
-    parser.add_argument(
-        "-n", "--num-images", type=int, default=1, help="images per prompt (seeds seed, seed+1, …)"
-    )
+    parser.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (seeds seed, seed+1, …)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="on GPU; CPU is fp32"
-    )
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="on GPU; CPU is fp32")
     parser.add_argument("-o", "--output", required=True, help="PNG file (a grid when several images)")
     parser.set_defaults(func=run)
 

@@ -17,9 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("args", nargs="*", metavar="CONFIG|KEY=VALUE", help="a .yaml config, then overrides")
-    parser.add_argument(
-        "--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint"
-    )
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines (for logs)")
     parser.set_defaults(func=run)
 
@@ -34,9 +32,7 @@ def run(args: argparse.Namespace) -> int:
         elif config_path is None:
             config_path = item
         else:
-            raise TexforceError(
-                f"two config files given ({config_path}, {item}); overrides look like key=value"
-            )
+            raise TexforceError(f"two config files given ({config_path}, {item}); overrides look like key=value")
     if config_path is None and args.resume is None:
         config_path = "default"
     run_dir = train_run(config_path, overrides, resume=args.resume, quiet=args.quiet)

@@ -82,9 +82,7 @@ def _prompts_from_json(text: str, path: Path) -> list[str]:
         if isinstance(item, dict):
             item = item.get("prompt", item.get("text"))
         if not isinstance(item, str):
-            raise TexforceError(
-                f"prompt file {path}: item {i} is neither a string nor has a 'prompt'/'text' string"
-            )
+            raise TexforceError(f"prompt file {path}: item {i} is neither a string nor has a 'prompt'/'text' string")
         if item.strip():
             prompts.append(item.strip())
     return prompts

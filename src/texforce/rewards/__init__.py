@@ -24,16 +24,72 @@ def _world_alignment(device: torch.device, dtype: torch.dtype) -> RewardFn:
     return WorldAlignmentReward()
 
 
+def _clipscore(device: torch.device, dtype: torch.dtype) -> RewardFn:
+    from texforce.rewards.clip import make_clipscore
+
+    return make_clipscore(device, dtype)
+
+
+def _pickscore(device: torch.device, dtype: torch.dtype) -> RewardFn:
+    from texforce.rewards.clip import make_pickscore
+
+    return make_pickscore(device, dtype)
+
+
+def _aesthetic(device: torch.device, dtype: torch.dtype) -> RewardFn:
+    from texforce.rewards.clip import make_aesthetic
+
+    return make_aesthetic(device, dtype)
+
+
+def _hpsv2(device: torch.device, dtype: torch.dtype) -> RewardFn:
+    from texforce.rewards.hps import make_hpsv2
+
+    return make_hpsv2(device, dtype)
+
+
+def _imagereward(device: torch.device, dtype: torch.dtype) -> RewardFn:
+    from texforce.rewards.imagereward import make_imagereward
+
+    return make_imagereward(device, dtype)
+
+
+def _hand(device: torch.device, dtype: torch.dtype) -> RewardFn:
+    from texforce.rewards.detectors import make_hand
+
+    return make_hand(device, dtype)
+
+
+def _face(device: torch.device, dtype: torch.dtype) -> RewardFn:
+    from texforce.rewards.detectors import make_face
+
+    return make_face(device, dtype)
+
+
 REWARDS: dict[str, RewardFactory] = {
     "jpeg_compressibility": lambda device, dtype: JpegCompressibility(),
     "jpeg_incompressibility": lambda device, dtype: JpegIncompressibility(),
     "world_alignment": _world_alignment,
+    "clipscore": _clipscore,
+    "pickscore": _pickscore,
+    "aesthetic": _aesthetic,
+    "hpsv2": _hpsv2,
+    "imagereward": _imagereward,
+    "hand": _hand,
+    "face": _face,
 }
 
 REWARD_DESCRIPTIONS: dict[str, str] = {
     "jpeg_compressibility": "minus the JPEG size in kB (quality 95); DDPO's compressibility task",
     "jpeg_incompressibility": "the JPEG size in kB (quality 95); DDPO's incompressibility task",
     "world_alignment": "offline world: exact prompt-image alignment in [0, 1] from scene analysis",
+    "clipscore": "cosine of CLIP ViT-L/14 image and prompt embeddings (openai/clip-vit-large-patch14)",
+    "pickscore": "PickScore v1: human preference, exp(logit_scale) * cosine, about 15..25",
+    "aesthetic": "LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP), about 1..10; ignores the prompt",
+    "hpsv2": "HPS v2.1 human preference: cosine of its ViT-H-14 embeddings, about 0.2..0.35",
+    "imagereward": "ImageReward v1.0 human preference (BLIP), standardised: mean 0, std 1 on its data",
+    "hand": "hand presence: the best palm-detection confidence in [0, 1] (MediaPipe palm detector)",
+    "face": "face presence: the best face-detection confidence in [0, 1] (MediaPipe BlazeFace short range)",
 }
 
 
@@ -56,9 +112,7 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
     return terms
 
 
-def build_reward(
-    spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> WeightedReward:
+def build_reward(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WeightedReward:
     """Build the weighted reward described by `spec`, e.g. `jpeg_compressibility:1.0+aesthetic:0.5`."""
     device = torch.device(device)
     return WeightedReward([(name, w, REWARDS[name](device, dtype)) for name, w in parse_reward_spec(spec)])
