@@ -3,7 +3,7 @@ import torch
 
 from texforce.config import LoraConfig, ModelConfig
 from texforce.errors import TexforceError
-from texforce.models import add_lora, build_tiny_pipeline, load_pipeline, prepare_pipeline
+from texforce.models import add_lora, build_sd_pipeline, build_tiny_pipeline, load_pipeline, prepare_pipeline
 
 
 def test_missing_hub_model_is_one_line(monkeypatch):
@@ -33,3 +33,15 @@ def test_lora_is_fp32_seeded_and_on_every_attention_projection():
     assert len(params[0]) == layers * 4 * 2  # q, k, v, out × (A, B)
     with pytest.raises(TexforceError, match=r"cannot add LoRA to UNet2DConditionModel: .*nothing_here.* not found"):
         add_lora(pipes[1].unet, LoraConfig(target_modules=["nothing_here"]), seed=0)
+
+
+@pytest.mark.parametrize(
+    "architecture, unet, text, vae",
+    [("sd15", 859_520_964, 123_060_480, 83_653_863), ("sd21", 865_910_724, 340_387_840, 83_653_863)],
+)
+def test_random_sd_architectures_have_the_published_sizes(architecture, unet, text, vae):
+    with torch.device("meta"):
+        pipe = build_sd_pipeline(architecture)
+    counts = [sum(p.numel() for p in m.parameters()) for m in (pipe.unet, pipe.text_encoder, pipe.vae)]
+    assert counts == [unet, text, vae]
+    assert pipe.scheduler.config.prediction_type == ("v_prediction" if architecture == "sd21" else "epsilon")

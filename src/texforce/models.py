@@ -100,10 +100,71 @@ def build_tiny_pipeline(seed: int = 0, image_size: int = 64, cross_attention_dim
     )
 
 
+# Stable Diffusion architectures from their published configs, for random-weight benchmarks and checks.
+_SD_TEXT = {
+    "sd15": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 hidden_act="quick_gelu", projection_dim=768),
+    "sd21": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                 hidden_act="gelu", projection_dim=512),
+}  # fmt: skip
+_SD_UNET = {
+    "sd15": dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+    "sd21": dict(
+        sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True
+    ),
+}
+RANDOM_ARCHITECTURES = {f"texforce/{name}-random": name for name in _SD_UNET}
+
+
+def build_sd_pipeline(architecture: str, seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.x (`sd15`: 512², CLIP ViT-L/14) or 2.1 (`sd21`: 768², OpenCLIP ViT-H, v-prediction)
+    with random weights: the true architecture and compute, for benchmarks; no download."""
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                       pad_token_id=49407, **_SD_TEXT[architecture])
+    )  # fmt: skip
+    unet = UNet2DConditionModel(
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, **_SD_UNET[architecture]
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=unet.config.sample_size * 8,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction" if architecture == "sd21" else "epsilon",
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def load_pipeline(base: str, revision: str | None = None) -> StableDiffusionPipeline:
-    """Load a `StableDiffusionPipeline` from a hub id, a local folder or a built-in name, in fp32 on the CPU."""
+    """Load a `StableDiffusionPipeline` from a hub id, a local folder or a built-in name, in fp32 on the CPU.
+
+    Built-ins: `texforce/tiny-random` (a few MB), `texforce/sd15-random`, `texforce/sd21-random`.
+    """
     if base == TINY_RANDOM:
         return build_tiny_pipeline()
+    if base in RANDOM_ARCHITECTURES:
+        return build_sd_pipeline(RANDOM_ARCHITECTURES[base])
     path = Path(base).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():

@@ -1,0 +1,163 @@
+"""Speed of TexForce's two phases, texforce's path against the official loop's compute pattern, in one run.
+
+    python benchmarks/speed.py --arch sd15 --samples 64            # on a GPU: SD-1.x, 512², random weights
+    python benchmarks/speed.py --smoke                             # tiny model on the CPU (CI runs this)
+
+Prints one JSON object per figure (and appends them to --json): sampling images/s and PPO sample-timesteps/s
+for `texforce` (frozen weights in bf16, sampling batch decoupled from the training micro-batch, prompts encoded
+once per micro-batch) and `reference` (the official pattern: fp32 weights under fp16 autocast, batch 4, the text
+encoder re-run for every trained timestep), each texforce figure with its ratio to the reference, the GPU name,
+peak memory and library versions. Weights are random: compute does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+
+from texforce.config import load_config
+from texforce.run import RunLogger
+from texforce.sampling import ddim_step_with_logprob, guided_noise_fn
+from texforce.trainer import DDPOTrainer, epoch_generator
+
+
+def build_trainer(base: str, dtype: str, steps: int, sample_batch: int, train_batch: int, tmp: str) -> DDPOTrainer:
+    config = load_config(
+        None,
+        [
+            f"model.base={base}",
+            f"model.dtype={dtype}",
+            f"sample.num_steps={steps}",
+            f"sample.batch_size_per_device={sample_batch}",
+            "sample.num_batches_per_epoch=1",
+            f"train.batch_size_per_device={train_batch}",
+            "train.timestep_fraction=0.5",
+            f"output_dir={tmp}",
+        ],
+    )
+    trainer = DDPOTrainer(config, RunLogger(Path(tmp), 1, 1, quiet=True))
+    trainer.setup()
+    return trainer
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
+    """Seconds per call after one warm-up call, synchronising the GPU."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def reference_update(trainer: DDPOTrainer, trajectory, rows: torch.Tensor, steps: torch.Tensor) -> None:
+    """The official update's compute: fp16 autocast, text encoder re-run (with gradients) for every timestep."""
+    c = trainer.config
+    autocast = torch.autocast(trainer.device.type, dtype=torch.float16, enabled=trainer.device.type == "cuda")
+    for j in range(steps.shape[1]):
+        with autocast:
+            embeds = trainer.encode(trajectory.prompt_ids[rows])
+            negative = trainer.encode(trainer.negative_ids.expand(len(rows), -1))
+            predict = guided_noise_fn(trainer.unet, embeds, negative, c.sample.guidance_scale)
+            step = steps[:, j]
+            latents = trajectory.latents[rows, step].to(trainer.device)
+            _, log_probs = ddim_step_with_logprob(
+                trainer.scheduler, predict(latents, trajectory.timesteps[step].to(trainer.device)),
+                trajectory.timesteps[step].to(trainer.device), latents, c.sample.eta,
+                prev_sample=trajectory.latents[rows, step + 1].to(trainer.device),
+            )  # fmt: skip
+        log_probs.mean().backward()
+
+
+def measure(mode: str, args: argparse.Namespace, tmp: str) -> list[dict]:
+    base = "texforce/tiny-random" if args.smoke else f"texforce/{args.arch}-random"
+    dtype = "fp32" if mode == "reference" else args.dtype
+    sample_batch = 4 if mode == "reference" else args.sample_batch
+    train_batch = 4 if mode == "reference" else args.train_batch
+    trainer = build_trainer(base, dtype, args.steps, sample_batch, train_batch, tmp)
+    device = trainer.device
+    prompts = ["A photo of a hand"] * sample_batch
+    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=mode == "reference" and device.type == "cuda")
+    generator = epoch_generator(0, 0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def sample():
+        with autocast:
+            return trainer.sample(prompts, generator, progress=False)
+
+    sample_seconds = timed(sample, device)
+    trajectory = sample()
+    rows = torch.arange(train_batch) % sample_batch
+    steps = torch.stack([torch.randperm(args.steps, generator=generator) for _ in rows])
+    steps = steps[:, : trainer.config.num_train_timesteps]
+    advantages = torch.randn(sample_batch, generator=generator)
+    if mode == "reference":
+        update_seconds = timed(lambda: reference_update(trainer, trajectory, rows, steps), device)
+    else:
+        update_seconds = timed(lambda: trainer.train_micro_batch(trajectory, advantages, rows, steps), device)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    common = {
+        "mode": mode,
+        "model": base,
+        "dtype": str(trainer.unet.dtype).removeprefix("torch."),
+        "steps": args.steps,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "date": date.today().isoformat(),
+    }
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    trained = train_batch * steps.shape[1]
+    return [
+        {"figure": "sampling", "value": sample_batch / sample_seconds, "unit": "images/s", "batch": sample_batch,
+         **common},
+        {"figure": "ppo_update", "value": trained / update_seconds, "unit": "sample-timesteps/s",
+         "batch": train_batch, **common},
+        {"figure": "peak_memory", "value": peak, "unit": "GiB", **common},
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=["sd15", "sd21"], default="sd15")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the harness, not speed")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    parser.add_argument("--sample-batch", type=int, default=32)
+    parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--json", help="append the figures to this JSON-lines file")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.sample_batch, args.train_batch = 4, 4, 2
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = measure("reference", args, tmp)
+        ours = measure("texforce", args, tmp)
+    for mine, theirs in zip(ours, reference, strict=True):
+        if mine["value"] and theirs["value"]:
+            mine["ratio_to_reference"] = mine["value"] / theirs["value"]
+    figures = reference + ours
+    for figure in figures:
+        print(json.dumps(figure))
+    if args.json:
+        with open(args.json, "a") as handle:
+            handle.writelines(json.dumps(f) + "\n" for f in figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
