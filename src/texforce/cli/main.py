@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from texforce.cli import fuse, rewards, sample, train
+from texforce.cli import fuse, rewards, sample, score, train
 from texforce.errors import TexforceError
 
-COMMANDS = [train, sample, fuse, rewards]
+COMMANDS = [train, sample, fuse, rewards, score]
 
 EPILOG = """examples:
   texforce train                                  # the embedded offline default, minutes on a CPU

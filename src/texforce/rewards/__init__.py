@@ -48,6 +48,12 @@ def _hpsv2(device: torch.device, dtype: torch.dtype) -> RewardFn:
     return make_hpsv2(device, dtype)
 
 
+def _hpsv2_1(device: torch.device, dtype: torch.dtype) -> RewardFn:
+    from texforce.rewards.hps import make_hpsv2_1
+
+    return make_hpsv2_1(device, dtype)
+
+
 def _imagereward(device: torch.device, dtype: torch.dtype) -> RewardFn:
     from texforce.rewards.imagereward import make_imagereward
 
@@ -66,14 +72,22 @@ def _face(device: torch.device, dtype: torch.dtype) -> RewardFn:
     return make_face(device, dtype)
 
 
+def _world_clipscore(device: torch.device, dtype: torch.dtype) -> RewardFn:
+    from texforce.world.reward import WorldClipScoreReward
+
+    return WorldClipScoreReward()
+
+
 REWARDS: dict[str, RewardFactory] = {
     "jpeg_compressibility": lambda device, dtype: JpegCompressibility(),
     "jpeg_incompressibility": lambda device, dtype: JpegIncompressibility(),
     "world_alignment": _world_alignment,
+    "world_clipscore": _world_clipscore,
     "clipscore": _clipscore,
     "pickscore": _pickscore,
     "aesthetic": _aesthetic,
     "hpsv2": _hpsv2,
+    "hpsv2_1": _hpsv2_1,
     "imagereward": _imagereward,
     "hand": _hand,
     "face": _face,
@@ -83,10 +97,12 @@ REWARD_DESCRIPTIONS: dict[str, str] = {
     "jpeg_compressibility": "minus the JPEG size in kB (quality 95); DDPO's compressibility task",
     "jpeg_incompressibility": "the JPEG size in kB (quality 95); DDPO's incompressibility task",
     "world_alignment": "offline world: exact prompt-image alignment in [0, 1] from scene analysis",
+    "world_clipscore": "offline world: learned reward, cosine of the world CLIP's image and text embeddings",
     "clipscore": "cosine of CLIP ViT-L/14 image and prompt embeddings (openai/clip-vit-large-patch14)",
     "pickscore": "PickScore v1: human preference, exp(logit_scale) * cosine, about 15..25",
     "aesthetic": "LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP), about 1..10; ignores the prompt",
-    "hpsv2": "HPS v2.1 human preference: cosine of its ViT-H-14 embeddings, about 0.2..0.35",
+    "hpsv2": "HPS v2.0 human preference: cosine of its ViT-H-14 image and prompt embeddings, about 0.2..0.35",
+    "hpsv2_1": "HPS v2.1 human preference: as hpsv2, with the authors' retrained v2.1 weights",
     "imagereward": "ImageReward v1.0 human preference (BLIP), standardised: mean 0, std 1 on its data",
     "hand": "hand presence: the best palm-detection confidence in [0, 1] (MediaPipe palm detector)",
     "face": "face presence: the best face-detection confidence in [0, 1] (MediaPipe BlazeFace short range)",

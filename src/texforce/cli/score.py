@@ -1,0 +1,113 @@
+"""`texforce score`: score image files with any reward spec; prints a table, optionally writes a CSV.
+
+texforce score out/*.png --reward pickscore --prompt "a photo of a hand"
+texforce score a.png b.png --reward "imagereward:1+aesthetic:0.1" --prompts prompts.txt --csv scores.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from texforce.errors import TexforceError
+from texforce.rewards.base import WeightedReward
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="score images with a reward (table or CSV)",
+        description="Score images with a reward spec, e.g. 'pickscore' or 'imagereward:1+aesthetic:0.1'.",
+    )
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("--reward", required=True, help="reward spec: name[:weight]+name[:weight]…")
+    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", help="one prompt for every image")
+    prompts.add_argument("--prompts", type=Path, help="a text file with one prompt per image, in order")
+    parser.add_argument("--csv", type=Path, help="also write the scores to this CSV file")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per reward call (default 16)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on a GPU, fp32 on the CPU")
+    parser.set_defaults(func=run)
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """An image file as a float tensor (3, H, W) in [0, 1]."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    except FileNotFoundError:
+        raise TexforceError(f"no such image: {path}") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise TexforceError(f"cannot read image {path}: {error}") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt] * len(args.images)
+    try:
+        lines = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    except OSError as error:
+        raise TexforceError(f"cannot read prompts file {args.prompts}: {error.strerror}") from None
+    if len(lines) != len(args.images):
+        raise TexforceError(f"{args.prompts} has {len(lines)} prompts for {len(args.images)} images; give one each")
+    return lines
+
+
+def score_images(
+    reward: WeightedReward, images: list[torch.Tensor], prompts: list[str], batch_size: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Score images of any sizes: same-size images are stacked into batches of at most `batch_size`."""
+    by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, image in enumerate(images):
+        by_size[tuple(image.shape)].append(index)
+    total = torch.zeros(len(images))
+    components = {name: torch.zeros(len(images)) for name in reward.names}
+    for indices in by_size.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            output = reward(torch.stack([images[i] for i in chunk]), [prompts[i] for i in chunk])
+            total[chunk] = output.total
+            for name, values in output.components.items():
+                components[name][chunk] = values
+    return total, components
+
+
+def run(args: argparse.Namespace) -> int:
+    from texforce.rewards import build_reward
+
+    if args.batch_size < 1:
+        raise TexforceError(f"--batch-size must be at least 1, got {args.batch_size}")
+    prompts = read_prompts(args)
+    images = [load_image(path) for path in args.images]
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    reward = build_reward(args.reward, device, dtype)
+    total, components = score_images(reward, images, prompts, args.batch_size)
+
+    names = list(components)
+    show_total = len(names) > 1  # with one reward the total is that reward
+    columns = ["image", *(["total"] if show_total else []), *names]
+    rows = [
+        [str(path), *([f"{total[i]:.4f}"] if show_total else []), *(f"{components[n][i]:.4f}" for n in names)]
+        for i, path in enumerate(args.images)
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True)]
+    for row in [columns, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*columns, "prompt"])
+            writer.writerows([*row, prompt] for row, prompt in zip(rows, prompts, strict=True))
+        print(f"wrote {args.csv}")
+    return 0
