@@ -39,7 +39,7 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
     def disk_full(folder):
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(TexforceError, match="No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(TexforceError, match=r"No space left on device.*previous checkpoint is intact"):
         write_checkpoint(tmp_path, 2, {"epoch": 2}, disk_full, keep=3)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint_00001"]
     assert not (tmp_path / "checkpoints" / "checkpoint_00002.tmp").exists()

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import tiny_overrides
 from PIL import Image
 
-from conftest import tiny_overrides
 from texforce.cli.main import main
 
 
@@ -22,22 +22,42 @@ def test_train_writes_a_complete_run(tiny_model_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert all({"epoch", "reward_mean", "reward_std", "ppo/approx_kl", "ppo/clipfrac", "lr/group0"} <= r.keys()
-               for r in rows)
-    for name in ("config.yaml", "eval.json", "samples/epoch_00002.png", "lora/pytorch_lora_weights.safetensors",
-                 "lora/text_encoder/adapter_config.json", "checkpoints/checkpoint_00002/COMPLETE"):
+    assert all(
+        {"epoch", "reward_mean", "reward_std", "ppo/approx_kl", "ppo/clipfrac", "lr/group0"} <= r.keys() for r in rows
+    )
+    for name in (
+        "config.yaml",
+        "eval.json",
+        "samples/epoch_00002.png",
+        "lora/pytorch_lora_weights.safetensors",
+        "lora/text_encoder/adapter_config.json",
+        "checkpoints/checkpoint_00002/COMPLETE",
+    ):
         assert (run / name).is_file(), name
     results = json.loads((run / "eval.json").read_text())
     assert {"train", "heldout"} <= results["before"].keys() and results["after"].keys() == results["before"].keys()
 
 
 def test_sample_stacks_text_and_unet_adapters(tiny_model_dir, tmp_path):
-    assert main(["train", "--quiet", *tiny_overrides(tiny_model_dir, tmp_path, unet_lora__use=True,
-                                                    train__num_epochs=1)]) == 0
+    assert (
+        main(["train", "--quiet", *tiny_overrides(tiny_model_dir, tmp_path, unet_lora__use=True, train__num_epochs=1)])
+        == 0
+    )
     lora = tmp_path / "run" / "lora"
     out = tmp_path / "stacked.png"
-    args = ["sample", "--model", str(tiny_model_dir), "--prompt", "a photo of a cat", "-n", "2", "--steps", "3",
-            "-o", str(out)]
+    args = [
+        "sample",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        "a photo of a cat",
+        "-n",
+        "2",
+        "--steps",
+        "3",
+        "-o",
+        str(out),
+    ]
     assert main([*args, "--text-lora", str(lora / "text_encoder"), "--unet-lora", str(lora)]) == 0
     assert Image.open(out).size == (64, 32)
 
@@ -65,8 +85,13 @@ def test_fuse_two_runs(tiny_model_dir, tmp_path):
     ],
 )
 def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "texforce", *argv], capture_output=True, text=True, cwd=tmp_path,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    result = subprocess.run(
+        [sys.executable, "-m", "texforce", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("texforce")]
     assert len(errors) == 1 and message in errors[0], result.stderr
