@@ -63,9 +63,7 @@ def plain_loop_gradients(trainer, trajectory, advantages, rows, steps):
         )
         ratio = torch.exp(log_probs - trajectory.log_probs[rows, step])
         adv = advantages[rows]
-        loss = torch.maximum(
-            -adv * ratio, -adv * ratio.clamp(1 - c.train.clip_range, 1 + c.train.clip_range)
-        ).mean()
+        loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.train.clip_range, 1 + c.train.clip_range)).mean()
         (loss / (steps.shape[1] * c.train.gradient_accumulation_steps)).backward()
     return [p.grad.clone() for p in trainer.trainable]
 
@@ -86,9 +84,7 @@ def test_encode_once_equals_plain_loop(tiny_model_dir, tmp_path, lora_for_negati
     fast = [p.grad.clone() for p in trainer.trainable]
     trainer.optimizer.zero_grad(set_to_none=True)
     reference = plain_loop_gradients(trainer, trajectory, advantages, rows, steps)
-    for a, b in zip(
-        fast, reference, strict=True
-    ):  # fp32 summation order differs: 1e-5 of each tensor's scale
+    for a, b in zip(fast, reference, strict=True):  # fp32 summation order differs: 1e-5 of each tensor's scale
         assert b.abs().max() > 0
         torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-5)
 

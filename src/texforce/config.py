@@ -269,9 +269,7 @@ def validate(config: RunConfig) -> None:
     """Range and consistency checks; each failure names the key and what to change."""
     s, t, a = config.sample, config.train, config.advantage
     _check(config.model.dtype in ("bf16", "fp16", "fp32"), "model.dtype must be bf16, fp16 or fp32")
-    _check(
-        config.text_lora.use or config.unet_lora.use, "nothing to train: set text_lora.use or unet_lora.use"
-    )
+    _check(config.text_lora.use or config.unet_lora.use, "nothing to train: set text_lora.use or unet_lora.use")
     for name in ("text_lora", "unet_lora"):
         lora: LoraConfig = getattr(config, name)
         _check(lora.rank >= 1, f"{name}.rank must be >= 1, got {lora.rank}")
@@ -292,9 +290,7 @@ def validate(config: RunConfig) -> None:
     _check(t.batch_size_per_device >= 1, "train.batch_size_per_device must be >= 1")
     _check(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
     _check(t.num_inner_epochs >= 1, "train.num_inner_epochs must be >= 1")
-    _check(
-        0 < t.timestep_fraction <= 1, f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}"
-    )
+    _check(0 < t.timestep_fraction <= 1, f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}")
     _check(t.clip_range > 0, f"train.clip_range must be > 0, got {t.clip_range}")
     _check(t.adv_clip_max > 0, f"train.adv_clip_max must be > 0, got {t.adv_clip_max}")
     _check(t.max_grad_norm > 0, f"train.max_grad_norm must be > 0, got {t.max_grad_norm}")

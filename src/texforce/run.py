@@ -63,9 +63,7 @@ class RunLogger:
         self.console = Console(stderr=True, quiet=quiet)
         self.metrics_path = run_dir / "metrics.jsonl"
 
-    def describe(
-        self, config: RunConfig, device: torch.device, steps_per_epoch: int, num_params: int
-    ) -> None:
+    def describe(self, config: RunConfig, device: torch.device, steps_per_epoch: int, num_params: int) -> None:
         self.console.print(
             f"[bold]texforce[/] {config.model.base} on {device} · reward {config.reward} · "
             f"{config.samples_per_epoch_per_device} samples × {config.sample.num_steps} steps per epoch · "
@@ -74,11 +72,7 @@ class RunLogger:
 
     def progress(self, description: str, total: int) -> Callable[[], None]:
         """A progress bar with ETA; returns the function that advances it (a no-op when quiet or empty)."""
-        if (
-            self.quiet
-            or total <= 0
-            or (not sys.stderr.isatty() and os.environ.get("TEXFORCE_PROGRESS") != "1")
-        ):
+        if self.quiet or total <= 0 or (not sys.stderr.isatty() and os.environ.get("TEXFORCE_PROGRESS") != "1"):
             return _NoProgress()
         bar = Progress(
             TextColumn(f"{description:>9}"),
@@ -114,9 +108,7 @@ class RunLogger:
         record.update({f"time/{k}_s": round(v, 3) for k, v in stats.seconds.items()})
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        save_png(
-            make_grid(trajectory.images[:GRID_SIZE]), self.run_dir / "samples" / f"epoch_{epoch:05d}.png"
-        )
+        save_png(make_grid(trajectory.images[:GRID_SIZE]), self.run_dir / "samples" / f"epoch_{epoch:05d}.png")
         seconds = stats.seconds
         self.console.print(
             f"epoch {epoch}/{self.num_epochs}  reward {record['reward_mean']:.4f} ± {record['reward_std']:.4f}  "
@@ -170,16 +162,12 @@ def prepare_run(
         name = config.run_name or datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(config.output_dir) / name
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise TexforceError(
-                f"run folder {run_dir} already exists; pass --resume {run_dir} or another run_name"
-            )
+            raise TexforceError(f"run folder {run_dir} already exists; pass --resume {run_dir} or another run_name")
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / "config.yaml")
         except OSError as error:
-            raise TexforceError(
-                f"cannot write to the run folder {run_dir}: {error.strerror or error}"
-            ) from None
+            raise TexforceError(f"cannot write to the run folder {run_dir}: {error.strerror or error}") from None
         return config, run_dir, None
     run_dir = Path(resume)
     if not (run_dir / "config.yaml").is_file():
@@ -190,9 +178,7 @@ def prepare_run(
         requested.run_name, requested.output_dir = config.run_name, config.output_dir
         changed = _config_diff(to_dict(config), to_dict(requested))
         if changed:
-            raise TexforceError(
-                f"--resume {resume}: the run was started with another config: {', '.join(changed)}"
-            )
+            raise TexforceError(f"--resume {resume}: the run was started with another config: {', '.join(changed)}")
     checkpoints = complete_checkpoints(run_dir)
     return config, run_dir, (checkpoints[-1] if checkpoints else None)
 

@@ -81,9 +81,7 @@ class DDPOTrainer:
                 {"params": add_lora(self.text_encoder, c.text_lora, c.seed), "lr": c.text_lora.learning_rate}
             )
         if c.unet_lora.use:
-            params.append(
-                {"params": add_lora(self.unet, c.unet_lora, c.seed + 1), "lr": c.unet_lora.learning_rate}
-            )
+            params.append({"params": add_lora(self.unet, c.unet_lora, c.seed + 1), "lr": c.unet_lora.learning_rate})
         self.trainable = [p for group in params for p in group["params"]]
         self.optimizer = torch.optim.AdamW(
             params,
@@ -167,15 +165,11 @@ class DDPOTrainer:
         resolution = s.resolution or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         latent_size = resolution // self.pipe.vae_scale_factor
         channels = self.pipe.unet.config.in_channels
-        task = self.log.progress(
-            "sampling", len(prompts) // s.batch_size_per_device * s.num_steps if progress else 0
-        )
+        task = self.log.progress("sampling", len(prompts) // s.batch_size_per_device * s.num_steps if progress else 0)
         for start in range(0, len(prompts), s.batch_size_per_device):
             batch = prompts[start : start + s.batch_size_per_device]
             ids = tokenize(self.pipe.tokenizer, batch)
-            predict = guided_noise_fn(
-                self.unet, self.encode(ids), self.negative_embeds(len(batch)), s.guidance_scale
-            )
+            predict = guided_noise_fn(self.unet, self.encode(ids), self.negative_embeds(len(batch)), s.guidance_scale)
             noise = torch.randn((len(batch), channels, latent_size, latent_size), generator=generator)
             latents, log_probs, timesteps = sample_latents(
                 predict,
@@ -200,16 +194,10 @@ class DDPOTrainer:
 
     def advantages(self, prompts: list[str], rewards: np.ndarray) -> torch.Tensor:
         a = self.config.advantage
-        values = (
-            self.stat_tracker.update(prompts, rewards)
-            if a.mode == "per_prompt"
-            else batch_advantages(rewards)
-        )
+        values = self.stat_tracker.update(prompts, rewards) if a.mode == "per_prompt" else batch_advantages(rewards)
         return torch.as_tensor(values, dtype=torch.float32)
 
-    def update(
-        self, trajectory: Trajectory, advantages: torch.Tensor, generator: torch.Generator
-    ) -> dict[str, float]:
+    def update(self, trajectory: Trajectory, advantages: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         """PPO over the epoch's samples: shuffled micro-batches, each on its own random subset of timesteps."""
         c = self.config
         num_samples, num_steps = trajectory.log_probs.shape
@@ -221,15 +209,11 @@ class DDPOTrainer:
         for _ in range(c.train.num_inner_epochs):
             order = torch.randperm(num_samples, generator=generator)
             # step_order (N, K): each sample trains on its own random K of the T steps
-            step_order = torch.stack(
-                [torch.randperm(num_steps, generator=generator) for _ in range(num_samples)]
-            )
+            step_order = torch.stack([torch.randperm(num_steps, generator=generator) for _ in range(num_samples)])
             step_order = step_order[:, :num_train_steps]
             for index, start in enumerate(range(0, num_samples, micro)):
                 rows = order[start : start + micro]
-                for key, value in self.train_micro_batch(
-                    trajectory, advantages, rows, step_order[rows]
-                ).items():
+                for key, value in self.train_micro_batch(trajectory, advantages, rows, step_order[rows]).items():
                     history[key].append(value)
                 if (index + 1) % c.train.gradient_accumulation_steps == 0:
                     history["grad_norm"].append(self.optimizer_step())
@@ -243,9 +227,7 @@ class DDPOTrainer:
         e = self.config.eval
         rewards, first_images = [], None
         for seed in range(e.num_seeds):
-            trajectory = self.sample(
-                list(prompts), torch.Generator().manual_seed(e.seed + seed), progress=False
-            )
+            trajectory = self.sample(list(prompts), torch.Generator().manual_seed(e.seed + seed), progress=False)
             rewards.append(self.reward_fn(trajectory.images, trajectory.prompts).total)
             first_images = trajectory.images if first_images is None else first_images
         return float(torch.cat(rewards).mean()), first_images
@@ -291,9 +273,7 @@ class DDPOTrainer:
             for key in ("loss", "approx_kl", "clipfrac", "ratio"):
                 totals[key] += getattr(stats, key).item() / steps.shape[1]
         outputs = [
-            e
-            for e, leaf in zip((embeds, negative), leaves, strict=True)
-            if leaf is not None and leaf.grad is not None
+            e for e, leaf in zip((embeds, negative), leaves, strict=True) if leaf is not None and leaf.grad is not None
         ]
         grads = [leaf.grad for leaf in leaves if leaf is not None and leaf.grad is not None]
         if outputs:
@@ -340,9 +320,7 @@ class DDPOTrainer:
         ):
             if use:
                 weights = load_file(checkpoint / "lora" / name / PEFT_WEIGHTS)
-                set_peft_model_state_dict(
-                    module, {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
-                )
+                set_peft_model_state_dict(module, {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()})
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.stat_tracker.load_state_dict(state["stat_tracker"])
