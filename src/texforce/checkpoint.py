@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ from texforce.errors import TexforceError
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
 _NAME = re.compile(r"^checkpoint_(\d{5})$")
+
+
+def kill_point(phase: str, epoch: int) -> None:
+    """Fault-injection hook for tests: `TEXFORCE_TEST_KILL_AT=phase:epoch` SIGKILLs the process right here.
+
+    Phases: sample, reward, update (after the epoch's first optimizer step), checkpoint (the epoch's metrics
+    are logged and the checkpoint's adapters written, `COMPLETE` not yet). Unset, it does nothing.
+    """
+    if os.environ.get("TEXFORCE_TEST_KILL_AT") == f"{phase}:{epoch}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpoint_dir(run_dir: Path, epoch: int) -> Path:
@@ -64,6 +75,7 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         write_adapters(tmp / "lora")
+        kill_point("checkpoint", epoch)
         torch.save(state, tmp / STATE_FILE)
         (tmp / COMPLETE).write_text(json.dumps({"epoch": epoch}))
         _fsync_tree(tmp)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     use_cfg: bool = True  # classifier-free guidance in the update, as at sampling
     use_lora_for_negative: bool = True  # encode the negative prompt through the LoRA text encoder too
+    max_nonfinite_fraction: float = 0.1  # NaN/inf rewards are dropped; above this fraction an epoch aborts
 
 
 @dataclass
@@ -114,6 +116,15 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where metrics go besides `metrics.jsonl`: TensorBoard (RUN/tensorboard) and, optionally, wandb."""
+
+    tensorboard: bool = True
+    wandb: bool = False  # needs `pip install wandb`
+    wandb_project: str = "texforce"
+
+
+@dataclass
 class RunConfig:
     """Everything one `texforce train` run needs."""
 
@@ -131,6 +142,7 @@ class RunConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -212,9 +224,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
-            raise TexforceError(f"unknown config key {prefix}{key}{hint}")
+            raise TexforceError(f"unknown config key {prefix}{key}{_suggest(prefix, str(key), list(fields))}")
     values = {}
     for name in fields:
         if name not in data:
@@ -225,6 +235,28 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         else:
             values[name] = _coerce(data[name], hint, f"{prefix}{name}")
     return cls(**values)
+
+
+def _config_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config (`train.clip_range`, …), for suggestions across sections."""
+    cls = cls or RunConfig
+    hints, keys = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        keys += _config_keys(hint, f"{prefix}{f.name}.") if dataclasses.is_dataclass(hint) else [prefix + f.name]
+    return keys
+
+
+def _suggest(prefix: str, key: str, fields: list[str]) -> str:
+    """'; did you mean …?': the closest key in this section, else keys of that (or a close) name elsewhere."""
+    close = [prefix + k for k in difflib.get_close_matches(key, fields, n=1, cutoff=0.8)]
+    if not close:
+        everywhere = _config_keys()
+        leaves = {k.rsplit(".", 1)[-1] for k in everywhere}
+        names = [key] if key in leaves else difflib.get_close_matches(key, leaves, n=1)
+        close = [k for k in everywhere if names and k.rsplit(".", 1)[-1] == names[0]]
+    close = close or [prefix + k for k in difflib.get_close_matches(key, fields, n=1)]
+    return f"; did you mean {' or '.join(close)}?" if close else f"; valid keys: {', '.join(fields)}"
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -322,10 +354,24 @@ def validate(config: RunConfig) -> None:
         config.eval.num_prompts >= 0 and config.eval.num_seeds >= 1,
         "eval.num_prompts >= 0, eval.num_seeds >= 1",
     )
-    from texforce.prompts import check_prompt_source
+    _check(
+        0 <= t.max_nonfinite_fraction < 1,
+        f"train.max_nonfinite_fraction must be in [0, 1), got {t.max_nonfinite_fraction}",
+    )
+    _check(
+        not config.log.wandb or importlib.util.find_spec("wandb") is not None,
+        "log.wandb=true but wandb is not installed: pip install wandb, or set log.wandb=false",
+    )
+    from texforce.prompts import check_prompt_source, load_prompt_set
     from texforce.rewards import parse_reward_spec
 
     parse_reward_spec(config.reward)
-    check_prompt_source(config.prompts.train, "prompts.train")
-    if config.prompts.eval is not None:
-        check_prompt_source(config.prompts.eval, "prompts.eval")
+    for key in ("train", "eval"):  # read the files now: an empty or undecodable one fails before any output
+        source = getattr(config.prompts, key)
+        if source is None:
+            continue
+        check_prompt_source(source, f"prompts.{key}")
+        try:
+            load_prompt_set(source)
+        except TexforceError as error:
+            raise TexforceError(f"prompts.{key}: {error}") from None

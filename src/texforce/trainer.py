@@ -17,13 +17,22 @@ from diffusers.optimization import get_scheduler
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from texforce.checkpoint import load_checkpoint_state, rng_state, set_rng_state
+from texforce.checkpoint import kill_point, load_checkpoint_state, rng_state, set_rng_state
 from texforce.config import RunConfig
+from texforce.distributed import (
+    average_gradients,
+    batch_generator,
+    gather_reward,
+    gather_trajectory,
+    mean_over_processes,
+    process_state,
+)
+from texforce.errors import TexforceError
 from texforce.export import PEFT_PREFIX, PEFT_WEIGHTS, save_adapters
 from texforce.models import add_lora, prepare_pipeline, resolve_device
 from texforce.ppo import PerPromptStatTracker, batch_advantages, ppo_clipped_loss
 from texforce.prompts import load_prompt_set
-from texforce.rewards import build_reward
+from texforce.rewards import RewardOutput, build_reward
 from texforce.run import RunLogger
 from texforce.sampling import (
     Trajectory,
@@ -53,10 +62,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 @dataclass
 class EpochStats:
+    """One epoch for the logs: rewards (N,) and components (N,) as scored (NaN/inf included), PPO means,
+    phase seconds, and fault counts (dropped samples, skipped optimizer steps)."""
+
     rewards: np.ndarray
     components: dict[str, np.ndarray]
     update: dict[str, float]
     seconds: dict[str, float]
+    faults: dict[str, int]
 
 
 class DDPOTrainer:
@@ -69,7 +82,8 @@ class DDPOTrainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         c = self.config
-        self.device = resolve_device(c.model.device)
+        self.dist = process_state(c.model.device)  # one process, or one of `accelerate launch`'s
+        self.device = self.dist.device if self.dist.num_processes > 1 else resolve_device(c.model.device)
         torch.manual_seed(c.seed)
         self.pipe = prepare_pipeline(c.model, self.device)
         self.scheduler = self.pipe.scheduler
@@ -101,23 +115,28 @@ class DDPOTrainer:
         self.prompts = load_prompt_set(c.prompts.train, c.prompts.eval)
         self.stat_tracker = PerPromptStatTracker(c.advantage.buffer_size, c.advantage.min_count)
         self.negative_ids = tokenize(self.pipe.tokenizer, [c.sample.negative_prompt])
-        self.start_epoch, self.global_step = 0, 0
+        self.start_epoch, self.global_step, self.epoch = 0, 0, 0
         self.log.describe(c, self.device, self.steps_per_epoch, sum(p.numel() for p in self.trainable))
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
         c = self.config
         for epoch in range(self.start_epoch, c.train.num_epochs):
+            self.epoch = epoch + 1
             generator = epoch_generator(c.seed, epoch)
             timer = time.perf_counter()
-            # SAMPLING: trajectories of the current policy
-            trajectory = self.sample(self.draw_prompts(generator), generator)
+            # SAMPLING: trajectories of the current policy (this process's share of the epoch's batches)
+            trajectory = self.sample(self.draw_prompts(generator), self.batch_generators(epoch))
             sampled = time.perf_counter()
-            # REWARDS
-            reward = self.reward_fn(trajectory.images, trajectory.prompts)
+            kill_point("sample", epoch + 1)
+            # REWARDS, gathered with the chains from every process; a NaN/inf score drops its sample
+            reward = gather_reward(self.dist, self.score(trajectory))
+            trajectory = gather_trajectory(self.dist, trajectory)
+            finite = self.finite_rewards(reward.total, epoch + 1)
             rewarded = time.perf_counter()
-            # ADVANTAGES
-            advantages = self.advantages(trajectory.prompts, reward.total.numpy())
+            kill_point("reward", epoch + 1)
+            # ADVANTAGES: dropped samples get 0, so they add nothing to the update
+            advantages = self.advantages(trajectory.prompts, reward.total.numpy(), finite)
             # TRAINING: PPO on the recorded chains
             update = self.update(trajectory, advantages, generator)
             trained = time.perf_counter()
@@ -125,6 +144,7 @@ class DDPOTrainer:
                 rewards=reward.total.numpy(),
                 components={k: v.numpy() for k, v in reward.components.items()},
                 update=update,
+                faults={"dropped_samples": int((~finite).sum()), "skipped_steps": int(update.pop("skipped_steps"))},
                 seconds={
                     "sample": sampled - timer,
                     "reward": rewarded - sampled,
@@ -137,9 +157,17 @@ class DDPOTrainer:
 
     # ------------------------------------------------------------------ the four steps
     def draw_prompts(self, generator: torch.Generator) -> list[str]:
-        train = self.prompts.train
-        picks = torch.randint(len(train), (self.config.samples_per_epoch_per_device,), generator=generator)
-        return [train[i] for i in picks.tolist()]
+        """This process's prompts: its slice of the whole epoch's draw (the same on every process)."""
+        train, per_device = self.prompts.train, self.config.samples_per_epoch_per_device
+        picks = torch.randint(len(train), (per_device * self.dist.num_processes,), generator=generator)
+        first = per_device * self.dist.process_index
+        return [train[i] for i in picks[first : first + per_device].tolist()]
+
+    def batch_generators(self, epoch: int) -> list[torch.Generator]:
+        """One random stream per sample batch, keyed by its global index: the process count does not matter."""
+        num_batches = self.config.sample.num_batches_per_epoch
+        first = num_batches * self.dist.process_index
+        return [batch_generator(self.config.seed, epoch, first + k) for k in range(num_batches)]
 
     def encode(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Prompt embeddings (B, L, D) from the text encoder, LoRA included."""
@@ -158,15 +186,19 @@ class DDPOTrainer:
             self.text_encoder.enable_adapters()
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], generator: torch.Generator, progress: bool = True) -> Trajectory:
-        """Sample `len(prompts)` chains in batches of `sample.batch_size_per_device`."""
+    def sample(
+        self, prompts: list[str], generators: torch.Generator | list[torch.Generator], progress: bool = True
+    ) -> Trajectory:
+        """Sample `len(prompts)` chains in batches of `sample.batch_size_per_device`, batch i drawing its noise
+        from `generators[i]` (or all from one generator)."""
         s = self.config.sample
         batches = []
         resolution = s.resolution or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         latent_size = resolution // self.pipe.vae_scale_factor
         channels = self.pipe.unet.config.in_channels
         task = self.log.progress("sampling", len(prompts) // s.batch_size_per_device * s.num_steps if progress else 0)
-        for start in range(0, len(prompts), s.batch_size_per_device):
+        for index, start in enumerate(range(0, len(prompts), s.batch_size_per_device)):
+            generator = generators[index] if isinstance(generators, list) else generators
             batch = prompts[start : start + s.batch_size_per_device]
             ids = tokenize(self.pipe.tokenizer, batch)
             predict = guided_noise_fn(self.unet, self.encode(ids), self.negative_embeds(len(batch)), s.guidance_scale)
@@ -192,34 +224,77 @@ class DDPOTrainer:
             images=torch.cat([b[5] for b in batches]),
         )
 
-    def advantages(self, prompts: list[str], rewards: np.ndarray) -> torch.Tensor:
-        a = self.config.advantage
-        values = self.stat_tracker.update(prompts, rewards) if a.mode == "per_prompt" else batch_advantages(rewards)
+    def score(self, trajectory: Trajectory) -> RewardOutput:
+        """Rewards (N,) of this process's samples, scored in sampling-sized chunks under a progress bar."""
+        chunk, count = self.config.sample.batch_size_per_device, len(trajectory.prompts)
+        task = self.log.progress("scoring", -(-count // chunk))
+        outputs = []
+        for start in range(0, count, chunk):
+            outputs.append(
+                self.reward_fn(trajectory.images[start : start + chunk], trajectory.prompts[start : start + chunk])
+            )
+            task()
+        self.log.done(task)
+        return RewardOutput(
+            total=torch.cat([o.total for o in outputs]),
+            components={name: torch.cat([o.components[name] for o in outputs]) for name in outputs[0].components},
+        )
+
+    def finite_rewards(self, rewards: torch.Tensor, epoch: int) -> np.ndarray:
+        """Mask (N,) of usable rewards. NaN/inf ones are dropped with a warning; above
+        `train.max_nonfinite_fraction` of the batch the run stops here, before the update touches the weights."""
+        finite = torch.isfinite(rewards).numpy()
+        dropped, limit = int((~finite).sum()), self.config.train.max_nonfinite_fraction
+        if dropped > limit * len(finite):
+            raise TexforceError(
+                f"epoch {epoch}: {dropped} of {len(finite)} rewards are NaN/inf (more than "
+                f"train.max_nonfinite_fraction={limit}); stopped before the update, the last checkpoint is intact"
+            )
+        if dropped:
+            self.log.warn(f"epoch {epoch}: dropped {dropped} of {len(finite)} samples with a NaN/inf reward")
+        return finite
+
+    def advantages(self, prompts: list[str], rewards: np.ndarray, finite: np.ndarray) -> torch.Tensor:
+        """Advantages (N,) of the finite rewards; 0 for dropped samples (their PPO loss is then 0)."""
+        kept_prompts, kept = [p for p, ok in zip(prompts, finite, strict=True) if ok], rewards[finite]
+        values = np.zeros(len(prompts))
+        if self.config.advantage.mode == "per_prompt":
+            values[finite] = self.stat_tracker.update(kept_prompts, kept)
+        else:
+            values[finite] = batch_advantages(kept)
         return torch.as_tensor(values, dtype=torch.float32)
 
     def update(self, trajectory: Trajectory, advantages: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
-        """PPO over the epoch's samples: shuffled micro-batches, each on its own random subset of timesteps."""
+        """PPO over the epoch's (global) samples: shuffled micro-batches, each on its own random subset of
+        timesteps. With several processes, each optimizer step's micro-batches are split between them."""
         c = self.config
         num_samples, num_steps = trajectory.log_probs.shape
         num_train_steps = c.num_train_timesteps
         advantages = advantages.clamp(-c.train.adv_clip_max, c.train.adv_clip_max)
         history: dict[str, list[float]] = defaultdict(list)
-        micro = c.train.batch_size_per_device
-        task = self.log.progress("training", c.train.num_inner_epochs * num_samples // micro)
+        micro, accumulation = c.train.batch_size_per_device, c.train.gradient_accumulation_steps
+        world, rank = self.dist.num_processes, self.dist.process_index
+        # micro-batch j belongs to optimizer step j // (accumulation · world); process r takes the r-th run of it
+        mine = [j for j in range(num_samples // micro) if (j // accumulation) % world == rank]
+        task = self.log.progress("training", c.train.num_inner_epochs * len(mine))
         for _ in range(c.train.num_inner_epochs):
             order = torch.randperm(num_samples, generator=generator)
             # step_order (N, K): each sample trains on its own random K of the T steps
             step_order = torch.stack([torch.randperm(num_steps, generator=generator) for _ in range(num_samples)])
             step_order = step_order[:, :num_train_steps]
-            for index, start in enumerate(range(0, num_samples, micro)):
-                rows = order[start : start + micro]
+            for index, j in enumerate(mine):
+                rows = order[j * micro : (j + 1) * micro]
                 for key, value in self.train_micro_batch(trajectory, advantages, rows, step_order[rows]).items():
                     history[key].append(value)
                 if (index + 1) % c.train.gradient_accumulation_steps == 0:
-                    history["grad_norm"].append(self.optimizer_step())
+                    norm = self.optimizer_step()
+                    history["grad_norm" if np.isfinite(norm) else "skipped_steps"].append(norm)
+                    kill_point("update", self.epoch)
                 task()
         self.log.done(task)
-        return {key: float(np.mean(values)) for key, values in history.items()}
+        skipped = len(history.pop("skipped_steps", []))
+        means = mean_over_processes(self.dist, {key: float(np.mean(values)) for key, values in history.items()})
+        return {**means, "skipped_steps": skipped}
 
     @torch.no_grad()
     def evaluate(self, prompts: tuple[str, ...]) -> tuple[float, torch.Tensor]:
@@ -282,6 +357,7 @@ class DDPOTrainer:
 
     def optimizer_step(self) -> float:
         """Clip, step, schedule. A non-finite gradient is dropped (never reaches the weights) and counted."""
+        average_gradients(self.dist, self.trainable)
         norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.train.max_grad_norm)
         if torch.isfinite(norm):
             self.optimizer.step()

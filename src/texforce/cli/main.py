@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from texforce.cli import fuse, rewards, sample, score, train
+from texforce.cli import eval, fuse, report, rewards, sample, score, train
 from texforce.errors import TexforceError
 
-COMMANDS = [train, sample, fuse, rewards, score]
+COMMANDS = [train, sample, fuse, rewards, score, eval, report]
 
 EPILOG = """examples:
   texforce train                                  # the embedded offline default, minutes on a CPU
@@ -17,6 +17,8 @@ EPILOG = """examples:
   texforce sample --text-lora runs/X/text_encoder_lora --prompt "a photo of a hand" -o hand.png
   texforce fuse A B --weights 0.6 0.4 -o fused
   texforce rewards
+  texforce eval --config base --config text=runs/A/lora -o runs/A/eval   # fixed seeds, mean ± 95% CI
+  texforce report runs/2026-11-25_120000          # self-contained HTML: curves, grids, config, eval
 """
 
 

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="DDPO fine-tuning of a text-encoder (and optionally U-Net) LoRA",
         description="Train with a YAML config (default: the embedded offline run) and key=value overrides.",
         epilog="examples:\n  texforce train\n  texforce train configs/sd15_jpeg.yaml train.num_epochs=10\n"
-        "  texforce train --resume runs/20261125-120000",
+        "  texforce train --resume runs/20261125-120000\n"
+        "  accelerate launch --multi_gpu --num_processes 8 -m texforce train sd15_jpeg   # one process per GPU",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("args", nargs="*", metavar="CONFIG|KEY=VALUE", help="a .yaml config, then overrides")
@@ -23,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from texforce.run import train_run
 
     config_path, overrides = None, []
@@ -36,5 +39,6 @@ def run(args: argparse.Namespace) -> int:
     if config_path is None and args.resume is None:
         config_path = "default"
     run_dir = train_run(config_path, overrides, resume=args.resume, quiet=args.quiet)
-    print(run_dir)
+    if PartialState().is_main_process:  # one line, also under `accelerate launch`
+        print(run_dir)
     return 0

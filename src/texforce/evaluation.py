@@ -1,0 +1,149 @@
+"""Compare adapter configurations on fixed seeds: base vs text LoRA vs U-Net LoRA vs both stacked vs fused.
+
+Every configuration renders the same prompts from the same seeds (same initial noise), so differences
+come from the adapters alone. Outputs, in one folder written atomically:
+    results.csv   configuration, prompt, seed, reward name, score — one row per image and reward
+    summary.csv   configuration, reward, n, mean, std, 95% CI (mean ± 1.96·std/√n, normal approximation)
+    summary.json  the same, for scripts
+    grid.png      one row per configuration, one column per prompt (first seed)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from texforce.errors import TexforceError
+
+Z_95 = 1.959964
+
+
+@dataclass(frozen=True)
+class AdapterSetup:
+    """One configuration: `base`, or a text-encoder and/or U-Net adapter (any format `load_adapter` reads)."""
+
+    label: str
+    text: Path | None = None
+    unet: Path | None = None
+
+
+def parse_setup(spec: str) -> AdapterSetup:
+    """`base`, `text=PATH`, `unet=PATH` or `text=PATH,unet=PATH` (a fused adapter is a `text=` one)."""
+    if spec == "base":
+        return AdapterSetup("base")
+    parts: dict[str, Path] = {}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("text", "unet") or not value or key in parts:
+            raise TexforceError(f"--config {spec!r}: write base, text=PATH, unet=PATH or text=PATH,unet=PATH")
+        if not Path(value).exists():
+            raise TexforceError(f"--config {spec!r}: adapter not found: {value}")
+        parts[key] = Path(value)
+    return AdapterSetup(spec, parts.get("text"), parts.get("unet"))
+
+
+@dataclass(frozen=True)
+class Summary:
+    setup: str
+    reward: str
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+
+def summarise(rows: Sequence[dict], setups: Sequence[str], rewards: Sequence[str]) -> list[Summary]:
+    """Mean, sample std and the normal-approximation 95% CI of each (configuration, reward)."""
+    summaries = []
+    for setup in setups:
+        for reward in rewards:
+            scores = [r["score"] for r in rows if r["config"] == setup and r["reward"] == reward]
+            n, mean = len(scores), sum(scores) / len(scores)
+            std = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1)) if n > 1 else 0.0
+            half = Z_95 * std / math.sqrt(n)
+            summaries.append(Summary(setup, reward, n, mean, std, mean - half, mean + half))
+    return summaries
+
+
+def render(setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequence[int], args: dict) -> torch.Tensor:
+    """Images (len(seeds) * len(prompts), 3, H, W) in [0, 1], seed-major, from a fresh pipeline + adapters."""
+    from texforce.config import ModelConfig
+    from texforce.export import load_adapter
+    from texforce.models import prepare_pipeline
+
+    device = args["device"]
+    pipe = prepare_pipeline(ModelConfig(base=base, dtype=args["dtype"]), device)
+    if setup.text is not None:
+        load_adapter(pipe, setup.text, "text_encoder")
+    if setup.unet is not None:
+        load_adapter(pipe, setup.unet, "unet")
+    pipe.to(device)
+    images = []
+    for seed in seeds:  # the same noise for every prompt of a seed and every configuration
+        generators = [torch.Generator().manual_seed(seed) for _ in prompts]
+        output = pipe(
+            list(prompts),
+            num_inference_steps=args["steps"],
+            guidance_scale=args["guidance_scale"],
+            eta=0.0,
+            generator=generators,
+            output_type="pt",
+        )
+        images.append(output.images.float().cpu())
+    return torch.cat(images)
+
+
+def run_eval(
+    base: str,
+    setups: Sequence[AdapterSetup],
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    reward_specs: Sequence[str],
+    output: Path,
+    args: dict,
+) -> list[Summary]:
+    """Render and score every configuration; write results/summary/grid into `output` (atomically)."""
+    from texforce.images import make_grid, save_png
+    from texforce.rewards import build_reward
+
+    if output.exists():
+        raise TexforceError(f"output {output} already exists")
+    scorers = {spec: build_reward(spec, args["device"]) for spec in reward_specs}
+    rows, first_seed = [], []
+    for setup in setups:
+        images = render(setup, base, prompts, seeds, args)
+        for spec, scorer in scorers.items():
+            scores = scorer(images, list(prompts) * len(seeds)).total.tolist()
+            for index, score in enumerate(scores):
+                seed, prompt = seeds[index // len(prompts)], prompts[index % len(prompts)]
+                rows.append({"config": setup.label, "prompt": prompt, "seed": seed, "reward": spec, "score": score})
+        first_seed.append(images[: len(prompts)])
+    summaries = summarise(rows, [s.label for s in setups], list(reward_specs))
+    tmp = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        with open(tmp / "results.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["config", "prompt", "seed", "reward", "score"])
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(tmp / "summary.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["config", "reward", "n", "mean", "std", "ci95_low", "ci95_high"])
+            for s in summaries:
+                writer.writerow([s.setup, s.reward, s.n, *(f"{v:.6g}" for v in (s.mean, s.std, s.ci_low, s.ci_high))])
+        (tmp / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
+        save_png(make_grid(torch.cat(first_seed), columns=len(prompts)), tmp / "grid.png")
+        tmp.rename(output)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TexforceError(f"cannot write {output}: {error.strerror or error}") from None
+    return summaries

@@ -1,0 +1,81 @@
+"""`texforce eval`: configurations × fixed seeds × prompts × rewards → CSV, grid, mean and 95% CI."""
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from texforce.cli.main import main
+from texforce.config import LoraConfig, UNetLoraConfig
+from texforce.evaluation import summarise
+from texforce.export import save_adapters
+from texforce.models import add_lora, load_pipeline
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    """A text-encoder and a U-Net adapter on the tiny model, with non-zero updates."""
+    root = tmp_path_factory.mktemp("eval_adapters")
+    pipe = load_pipeline(str(tiny_model_dir))
+    add_lora(pipe.text_encoder, LoraConfig(rank=4, alpha=4), seed=0)
+    add_lora(pipe.unet, UNetLoraConfig(rank=4, alpha=4), seed=1)
+    with torch.no_grad():
+        for module in (pipe.text_encoder, pipe.unet):
+            for name, param in module.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
+    save_adapters(root / "text", pipe.text_encoder, None, str(tiny_model_dir))
+    save_adapters(root / "unet", None, pipe.unet, str(tiny_model_dir))
+    return root / "text", root / "unet"
+
+
+def test_eval_compares_configurations_on_fixed_seeds(tiny_model_dir, adapters, tmp_path, capsys):
+    text, unet = adapters
+    configs = ["base", f"text={text}", f"unet={unet}", f"text={text},unet={unet}"]
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny_model_dir), "--prompts", "animals", "--num-prompts", "2", "--seeds", "2",
+            "--steps", "2", "--reward", "jpeg_compressibility", "--reward", "jpeg_incompressibility:2"]  # fmt: skip
+    argv += ["-o", str(out)]
+    assert main([*argv, *(arg for c in configs for arg in ("--config", c))]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(out))
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 * 2 * 2 * 2  # configurations × prompts × seeds × rewards
+    assert {r["prompt"] for r in rows} == {"A photo of a rabbit", "A photo of a deer"}  # held-out animals
+    scores = {c: [float(r["score"]) for r in rows if r["config"] == c] for c in configs}
+    assert len({tuple(v) for v in scores.values()}) == 4, "each adapter must change the images"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(s["setup"], s["reward"]) for s in summary][:2] == [("base", "jpeg_compressibility"),
+                                                                ("base", "jpeg_incompressibility:2")]  # fmt: skip
+    assert all(s["n"] == 4 and s["ci_low"] <= s["mean"] <= s["ci_high"] for s in summary)
+    assert Image.open(out / "grid.png").size == (2 * 32, 4 * 32)  # prompts × configurations
+
+
+def test_eval_is_reproducible(tiny_model_dir, tmp_path):
+    argv = ["eval", "--model", str(tiny_model_dir), "--num-prompts", "1", "--seeds", "2", "--steps", "2"]
+    for name in ("a", "b"):
+        assert main([*argv, "-o", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a" / "results.csv").read_text() == (tmp_path / "b" / "results.csv").read_text()
+
+
+def test_summary_confidence_interval():
+    rows = [{"config": "c", "reward": "r", "score": s} for s in (1.0, 2.0, 3.0, 4.0)]
+    (s,) = summarise(rows, ["c"], ["r"])
+    assert s.mean == 2.5 and abs(s.std - 1.2909944) < 1e-6
+    assert abs(s.ci_high - s.mean - 1.959964 * s.std / 2) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("lora=x", "write base, text=PATH, unet=PATH or text=PATH,unet=PATH"),
+        ("text=/no/such/adapter", "adapter not found: /no/such/adapter"),
+    ],
+)
+def test_eval_bad_config(config, message, tmp_path, capsys):
+    assert main(["eval", "--config", config, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"texforce eval: error: --config {config!r}: {message}" in err
+    assert not (tmp_path / "out").exists()
