@@ -1,8 +1,8 @@
 """Throughput of every reward scorer (images/s) at its true architecture, random weights, one process.
 
-    nice -n 10 python benchmarks/rewards.py                          # CPU, fp32, batch 1 and 8
-    python benchmarks/rewards.py --device cuda --dtype fp16 --batch-sizes 1 8 32
-    python benchmarks/rewards.py --smoke                             # tiny models: checks the harness only
+    nice -n 10 python -m benchmarks.rewards                          # CPU, fp32, batch 1 and 8
+    python -m benchmarks.rewards --device cuda --dtype fp16 --batch-sizes 1 8 32
+    python -m benchmarks.rewards --smoke                             # tiny models: checks the harness only
 
 Images are 512x512 (Stable Diffusion's output), so every figure includes the batched resize/crop.
 Prints one JSON object per (reward, batch size): images/s, seconds per call, parameters, device, dtype,
@@ -15,14 +15,13 @@ import argparse
 import json
 import os
 import tempfile
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 from transformers import BlipTextConfig, BlipVisionConfig, CLIPConfig, CLIPModel
 
+from benchmarks.timing import seconds_per_call
 from texforce.rewards.base import RewardFn
 from texforce.rewards.clip import AestheticReward, CLIPEmbedder, CLIPSimilarityReward, MLPHead
 from texforce.rewards.hps import build_vit_h14_config
@@ -107,19 +106,6 @@ def count_parameters(scorer: RewardFn) -> int:
     modules = [getattr(scorer, "model", None), getattr(getattr(scorer, "embedder", None), "model", None)]
     modules.append(getattr(scorer, "head", None))
     return sum(p.numel() for m in modules if isinstance(m, torch.nn.Module) for p in m.parameters())
-
-
-def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Mean seconds per call after one warm-up call, synchronising the GPU."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

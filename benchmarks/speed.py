@@ -1,7 +1,7 @@
 """Speed of TexForce's two phases, texforce's path against the official loop's compute pattern, in one run.
 
-    python benchmarks/speed.py --arch sd15 --samples 64            # on a GPU: SD-1.x, 512², random weights
-    python benchmarks/speed.py --smoke                             # tiny model on the CPU (CI runs this)
+    python -m benchmarks.speed --arch sd15 --samples 64            # on a GPU: SD-1.x, 512², random weights
+    python -m benchmarks.speed --smoke                             # tiny model on the CPU (CI runs this)
 
 Prints one JSON object per figure (and appends them to --json): sampling images/s and PPO sample-timesteps/s
 for `texforce` (frozen weights in bf16, sampling batch decoupled from the training micro-batch, prompts encoded
@@ -16,8 +16,6 @@ import argparse
 import json
 import platform
 import tempfile
-import time
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import diffusers
 import torch
 import transformers
 
+from benchmarks.timing import seconds_per_call
 from texforce.config import load_config
 from texforce.run import RunLogger
 from texforce.sampling import ddim_step_with_logprob, guided_noise_fn
@@ -48,19 +47,6 @@ def build_trainer(base: str, dtype: str, steps: int, sample_batch: int, train_ba
     trainer = DDPOTrainer(config, RunLogger(Path(tmp), 1, 1, quiet=True))
     trainer.setup()
     return trainer
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
-    """Seconds per call after one warm-up call, synchronising the GPU."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
 
 
 def reference_update(trainer: DDPOTrainer, trajectory, rows: torch.Tensor, steps: torch.Tensor) -> None:
@@ -99,16 +85,18 @@ def measure(mode: str, args: argparse.Namespace, tmp: str) -> list[dict]:
         with autocast:
             return trainer.sample(prompts, generator, progress=False)
 
-    sample_seconds = timed(sample, device)
+    sample_seconds = seconds_per_call(sample, device)
     trajectory = sample()
     rows = torch.arange(train_batch) % sample_batch
     steps = torch.stack([torch.randperm(args.steps, generator=generator) for _ in rows])
     steps = steps[:, : trainer.config.num_train_timesteps]
     advantages = torch.randn(sample_batch, generator=generator)
     if mode == "reference":
-        update_seconds = timed(lambda: reference_update(trainer, trajectory, rows, steps), device)
+        update_seconds = seconds_per_call(lambda: reference_update(trainer, trajectory, rows, steps), device)
     else:
-        update_seconds = timed(lambda: trainer.train_micro_batch(trajectory, advantages, rows, steps), device)
+        update_seconds = seconds_per_call(
+            lambda: trainer.train_micro_batch(trajectory, advantages, rows, steps), device
+        )
     trainer.optimizer.zero_grad(set_to_none=True)
     common = {
         "mode": mode,

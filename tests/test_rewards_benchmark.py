@@ -1,14 +1,11 @@
 """The reward throughput benchmark's harness runs end to end on tiny models; its figures are not asserted."""
 
+import importlib
 import importlib.util
-from pathlib import Path
 
 
 def test_reward_benchmark_smoke() -> None:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rewards.py"
-    spec = importlib.util.spec_from_file_location("reward_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("benchmarks.rewards")
     names = ["clipscore", "aesthetic", "pickscore", "hpsv2", "imagereward"]
     if importlib.util.find_spec("ai_edge_litert") is not None:  # the texforce[detectors] extra
         names += ["hand", "face"]
