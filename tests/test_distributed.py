@@ -29,7 +29,10 @@ def test_two_processes_equal_one_and_resume(tiny_model_dir, tmp_path):
     # two processes: 1 batch and 1 micro-batch each — the same 8 samples per epoch and 4 per optimizer step
     two = tiny_overrides(tiny_model_dir, tmp_path, run_name="two", sample__num_batches_per_epoch=1,
                          train__gradient_accumulation_steps=1, **extra)  # fmt: skip
-    killed = torchrun(two, {"TEXFORCE_TEST_KILL_AT": "update:2"})  # both die after epoch 2's first optimizer step
+    defaults = tmp_path / "defaults.yaml"  # the dataclass defaults, as train_run(None, …) uses, not default.yaml
+    defaults.write_text("{}\n")
+    # both processes die after epoch 2's first optimizer step
+    killed = torchrun([str(defaults), *two], {"TEXFORCE_TEST_KILL_AT": "update:2"})
     assert killed.returncode != 0 and not (tmp_path / "two" / "lora").exists(), killed.stderr[-2000:]
     resumed = torchrun(["--resume", str(tmp_path / "two")], {})
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -9,6 +9,7 @@ Layout of an exported adapter folder (`RUN/lora`, and inside every checkpoint):
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -185,3 +186,24 @@ def fuse_adapters(module: torch.nn.Module, adapter_names: Sequence[str], weights
     config = PeftLoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(first.target_modules), lora_dropout=0.0)
     module.add_adapter(config, adapter_name="fused")
     set_peft_model_state_dict(module, fused, adapter_name="fused")
+
+
+def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Sequence[float], output: Path) -> Path:
+    """`texforce fuse`: load text-encoder adapters of `base`, fuse them, save the result in both formats.
+
+    Written to a temporary folder first, so `output` is either complete or absent.
+    """
+    from texforce.config import ModelConfig
+    from texforce.models import prepare_pipeline
+
+    pipe = prepare_pipeline(ModelConfig(base=base, device="cpu"), torch.device("cpu"))
+    names = [f"adapter{i}" for i in range(len(adapters))]
+    for name, adapter in zip(names, adapters, strict=True):
+        load_adapter(pipe, adapter, "text_encoder", adapter_name=name)
+    fuse_adapters(pipe.text_encoder, names, weights)
+    tmp = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_adapters(tmp, pipe.text_encoder, None, base, adapter_name="fused")
+    shutil.rmtree(output, ignore_errors=True)
+    tmp.rename(output)
+    return output

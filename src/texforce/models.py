@@ -20,6 +20,7 @@ from texforce.errors import TexforceError
 from texforce.tokenizer import build_clip_tokenizer
 
 TINY_RANDOM = "texforce/tiny-random"
+WORLD = "texforce/world"  # the offline world's own Stable Diffusion, shipped in the package
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -36,6 +37,32 @@ def resolve_device(name: str = "auto") -> torch.device:
 def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
     """Half precision on a GPU as configured; always fp32 on the CPU (half matmuls there are slow or absent)."""
     return DTYPES[name] if device.type == "cuda" else torch.float32
+
+
+def assemble_pipeline(
+    unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, prediction_type: str = "epsilon"
+) -> StableDiffusionPipeline:
+    """A `StableDiffusionPipeline` of these parts with the real CLIP tokenizer and SD's DDIM schedule
+    (`steps_offset=1`, so the last step keeps a positive variance and a finite log-probability)."""
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def build_tiny_pipeline(seed: int = 0, image_size: int = 64, cross_attention_dim: int = 32) -> StableDiffusionPipeline:
@@ -80,24 +107,7 @@ def build_tiny_pipeline(seed: int = 0, image_size: int = 64, cross_attention_dim
             pad_token_id=49407,
         )
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=build_clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return assemble_pipeline(unet, vae, text_encoder)
 
 
 # Stable Diffusion architectures from their published configs, for random-weight benchmarks and checks.
@@ -135,34 +145,21 @@ def build_sd_pipeline(architecture: str, seed: int = 0) -> StableDiffusionPipeli
         latent_channels=4,
         sample_size=unet.config.sample_size * 8,
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction" if architecture == "sd21" else "epsilon",
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=build_clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return assemble_pipeline(unet, vae, text_encoder, "v_prediction" if architecture == "sd21" else "epsilon")
 
 
 def load_pipeline(base: str, revision: str | None = None) -> StableDiffusionPipeline:
     """Load a `StableDiffusionPipeline` from a hub id, a local folder or a built-in name, in fp32 on the CPU.
 
-    Built-ins: `texforce/tiny-random` (a few MB), `texforce/sd15-random`, `texforce/sd21-random`.
+    Built-ins: `texforce/world` (the offline world's model), `texforce/tiny-random` (a few MB, random),
+    `texforce/sd15-random`, `texforce/sd21-random` (true architectures, random weights).
     """
     if base == TINY_RANDOM:
         return build_tiny_pipeline()
+    if base == WORLD:
+        from texforce.world import MODEL_DIR
+
+        base = str(MODEL_DIR)
     if base in RANDOM_ARCHITECTURES:
         return build_sd_pipeline(RANDOM_ARCHITECTURES[base])
     path = Path(base).expanduser()
@@ -174,7 +171,7 @@ def load_pipeline(base: str, revision: str | None = None) -> StableDiffusionPipe
         source = base
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            source, revision=revision, safety_checker=None, requires_safety_checker=False
+            source, revision=revision, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
         )
     except (OSError, ValueError) as error:
         if path.exists():

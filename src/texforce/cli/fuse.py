@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from texforce.errors import TexforceError
@@ -33,11 +32,8 @@ def _base_of(adapter: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from texforce.config import ModelConfig
-    from texforce.export import fuse_adapters, load_adapter, save_adapters
-    from texforce.models import prepare_pipeline
+    from texforce.export import fuse_adapter_files
 
     weights = args.weights or [1.0 / len(args.adapters)] * len(args.adapters)
     if len(weights) != len(args.adapters):
@@ -46,14 +42,5 @@ def run(args: argparse.Namespace) -> int:
     if output.exists():
         raise TexforceError(f"output {output} already exists")
     base = args.model or _base_of(args.adapters[0]) or ModelConfig().base
-    pipe = prepare_pipeline(ModelConfig(base=base, device="cpu"), torch.device("cpu"))
-    names = [f"adapter{i}" for i in range(len(args.adapters))]
-    for name, adapter in zip(names, args.adapters, strict=True):
-        load_adapter(pipe, adapter, "text_encoder", adapter_name=name)
-    fuse_adapters(pipe.text_encoder, names, weights)
-    tmp = output.with_name(f".{output.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_adapters(tmp, pipe.text_encoder, None, base, adapter_name="fused")
-    tmp.rename(output)
-    print(output)
+    print(fuse_adapter_files(base, args.adapters, weights, output))
     return 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from texforce.cli import eval, fuse, report, rewards, sample, score, train
+from texforce.cli import eval, experiment, fuse, report, rewards, sample, score, train, world
 from texforce.errors import TexforceError
 
-COMMANDS = [train, sample, fuse, rewards, score, eval, report]
+COMMANDS = [train, sample, fuse, rewards, world, score, eval, report, experiment]
 
 EPILOG = """examples:
   texforce train                                  # the embedded offline default, minutes on a CPU

@@ -41,6 +41,21 @@ def _animals() -> PromptSet:
     return PromptSet("animals", tuple(p for p in prompts if p not in held_out), tuple(held_out))
 
 
+def _world(family: str | None) -> Callable[[], PromptSet]:
+    """The offline world's prompts: training claims and claims never trained on (held-out phrasings and
+    colour–shape pairings). `family` None = the compositional mix of counts and relations."""
+
+    def build() -> PromptSet:
+        from texforce.world.scenes import family_prompts, heldout_prompts, train_prompts
+
+        if family is None:
+            return PromptSet("world", tuple(train_prompts(16)), tuple(heldout_prompts(32)))
+        train, heldout = family_prompts(family, "train", 32), family_prompts(family, "heldout", 32)
+        return PromptSet(f"world_{family}", tuple(train), tuple(heldout))
+
+    return build
+
+
 PROMPT_SETS: dict[str, Callable[[], PromptSet]] = {
     "hand": _single("hand", "A photo of a hand"),
     "face": _single("face", "a complete face of a man", "a complete face of a woman"),
@@ -49,6 +64,10 @@ PROMPT_SETS: dict[str, Callable[[], PromptSet]] = {
     "comp": _single("comp", "A cat and a dog"),
     "location": _single("location", "A dog on the moon"),
     "animals": _animals,
+    "world": _world(None),
+    "world_single": _world("single"),
+    "world_count": _world("count"),
+    "world_relation": _world("relation"),
 }
 
 

@@ -1,0 +1,66 @@
+"""`texforce experiment`: the TexForce paper's claims, each tested in the offline world by one command.
+
+Each experiment trains its arms with the ordinary trainer (shipped `world_*` configs, several seeds), judges
+them with the exact `world_alignment` reward on held-out prompts, and writes `docs/NAME/results.md` (tables,
+SVG curves, PNG grids) plus the `docs/experiments.md` index. Nothing in them is written by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from texforce.experiments import claims
+from texforce.experiments.harness import BUDGETS, Budget, Settings, fresh_folder
+from texforce.experiments.page import write_results
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One claim: its title, the paper's statement, and the function that tests it."""
+
+    title: str
+    claim: str
+    run: Callable[[Settings], str]
+
+
+EXPERIMENTS = {
+    "methods": Experiment(
+        "Text-encoder vs U-Net tuning, stacked and joint",
+        "Text-encoder RL raises the reward and prompt–image alignment and preserves semantics better than U-Net "
+        "RL; a text-encoder adapter stacks on a separately trained U-Net adapter without further training and "
+        "beats both (SD 1.4, ImageReward: base 0.2154, TexForce 0.4556, ReFL 0.4485, stacked 0.6553).",
+        claims.methods,
+    ),
+    "fusion": Experiment(
+        "Fusing task adapters by weighted sum",
+        "Several task adapters can be fused by a weighted sum and keep their gains.",
+        claims.fusion,
+    ),
+    "curves": Experiment(
+        "Learning curves: text-encoder vs U-Net tuning",
+        "Text-encoder and U-Net tuning progress differently (the paper's JPEG-compressibility curves).",
+        claims.curves,
+    ),
+    "hacking": Experiment(
+        "Reward hacking: a learned reward judged by the exact one",
+        "(Implicit in reward fine-tuning) a learned reward can be over-optimised: trained on the world's CLIP "
+        "score, judged by exact alignment.",
+        claims.hacking,
+    ),
+}
+
+
+def run_experiment(name: str, settings: Settings) -> Path:
+    """Run experiment `name` into `settings.output` (replaced); returns its results.md."""
+    experiment = EXPERIMENTS[name]
+    fresh_folder(settings.output)
+    started = time.perf_counter()
+    body = experiment.run(settings)
+    seconds = time.perf_counter() - started
+    return write_results(settings, name, experiment.title, experiment.claim, body, seconds)
+
+
+__all__ = ["BUDGETS", "EXPERIMENTS", "Budget", "Experiment", "Settings", "run_experiment"]

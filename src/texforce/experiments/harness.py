@@ -1,0 +1,193 @@
+"""What every experiment shares: budgets, cached training of one arm, fixed-seed evaluation, statistics.
+
+An arm is a shipped config (`world_text`, …) trained once per seed into `RUNS/<arm>_s<seed>`; a finished run
+of the same resolved config is reused (so `curves` reuses the runs of `methods`), an unfinished one resumed.
+Judging uses `texforce.evaluation.run_eval` on held-out prompts with fixed evaluation seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from texforce.config import RunConfig, load_config
+from texforce.errors import TexforceError
+from texforce.evaluation import AdapterSetup, Summary, run_eval
+
+EVAL_SEED = 1000  # evaluation seeds EVAL_SEED, EVAL_SEED+1, …: disjoint from the training seeds 0, 1, 2, …
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); beyond 30 the normal 1.96.
+T_95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131]
+T_95 += [2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much compute one experiment spends: training overrides on top of each arm's config, and evaluation."""
+
+    name: str
+    train_overrides: tuple[str, ...]
+    num_seeds: int
+    num_eval_prompts: int
+    num_eval_seeds: int
+    eval_steps: int
+
+
+BUDGETS = {
+    # the shipped configs as they are, judged on 32 held-out prompts × 2 seeds at 20 DDIM steps
+    "full": Budget("full", (), num_seeds=3, num_eval_prompts=32, num_eval_seeds=2, eval_steps=20),
+    # seconds: one epoch of 2 samples × 2 steps, one held-out prompt pair; checks the plumbing, not the claims
+    "tiny": Budget(
+        "tiny",
+        (
+            "sample.num_steps=2",
+            "sample.batch_size_per_device=2",
+            "sample.num_batches_per_epoch=1",
+            "train.batch_size_per_device=2",
+            "train.gradient_accumulation_steps=1",
+            "train.num_epochs=1",
+        ),
+        num_seeds=1,
+        num_eval_prompts=2,
+        num_eval_seeds=1,
+        eval_steps=2,
+    ),
+}
+
+
+@dataclass
+class Settings:
+    """One `texforce experiment` invocation."""
+
+    budget: Budget
+    output: Path  # docs/NAME: results.md, charts, eval folders
+    runs_dir: Path  # training runs (a cache shared by experiments of the same budget)
+    num_seeds: int
+    model: str | None = None  # base model of every arm and of the evaluation; None = the arms' own
+    overrides: tuple[str, ...] = ()  # key=value applied to every arm
+    judge: str = "world_alignment"
+    proxy: str = "world_clipscore"  # the learned reward of `hacking`
+    quiet: bool = True
+    command: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)  # filled in: train, eval
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.num_seeds))
+
+    @property
+    def eval_seeds(self) -> list[int]:
+        return list(range(EVAL_SEED, EVAL_SEED + self.budget.num_eval_seeds))
+
+
+def arm_overrides(settings: Settings, seed: int, extra: Sequence[str] = ()) -> list[str]:
+    """Budget, model, user and arm overrides, then the run's identity; in-run evaluation is off (we judge)."""
+    model = [f"model.base={settings.model}"] if settings.model else []
+    identity = [f"seed={seed}", f"output_dir={settings.runs_dir}", "eval.num_prompts=0"]
+    return [*settings.budget.train_overrides, *model, *settings.overrides, *extra, *identity]
+
+
+def train_arm(settings: Settings, config: str, seed: int, extra: Sequence[str] = ()) -> Path:
+    """Train shipped config `config` with `seed` (or reuse the finished run of the same config); its run folder."""
+    from texforce.run import prepare_run, train_run
+
+    name = f"{config.removeprefix('world_')}_s{seed}"
+    overrides = [*arm_overrides(settings, seed, extra), f"run_name={name}"]
+    run_dir = settings.runs_dir / name
+    if (run_dir / "lora").is_dir():
+        prepare_run(config, overrides, str(run_dir))  # raises when the finished run had another config
+        return run_dir
+    resume = str(run_dir) if (run_dir / "config.yaml").is_file() else None
+    return train_run(config, overrides, resume=resume, quiet=settings.quiet)
+
+
+def arm_config(settings: Settings, config: str, extra: Sequence[str] = ()) -> RunConfig:
+    """The resolved config of an arm (seed 0), for its base model, prompts and sampler settings."""
+    return load_config(config, arm_overrides(settings, 0, extra))
+
+
+def evaluate(
+    settings: Settings, setups: Sequence[AdapterSetup], prompts: Sequence[str], rewards: Sequence[str], name: str
+) -> dict[tuple[str, str], Summary]:
+    """Render `setups` on `prompts` × the evaluation seeds into OUTPUT/`name`; summaries by (setup, reward)."""
+    from texforce.models import resolve_device
+
+    config = arm_config(settings, "world_text")
+    options = {
+        "device": resolve_device(config.model.device),
+        "dtype": config.model.dtype,
+        "steps": settings.budget.eval_steps,
+        "guidance_scale": config.sample.guidance_scale,
+    }
+    prompts = list(prompts)[: settings.budget.num_eval_prompts]
+    summaries = run_eval(
+        config.model.base, setups, prompts, settings.eval_seeds, rewards, settings.output / name, options
+    )
+    return {(s.setup, s.reward): s for s in summaries}
+
+
+def lora(run_dir: Path) -> Path:
+    return run_dir / "lora"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean of `n` values with a two-sided 95% Student-t interval (half-width `ci`; 0 when n = 1)."""
+
+    mean: float
+    ci: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} ± {self.ci:.4f}" if self.n > 1 else f"{self.mean:.4f}"
+
+
+def estimate(values: Sequence[float]) -> Estimate:
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return Estimate(mean, 0.0, 1)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = T_95[n - 2] if n - 1 <= len(T_95) else 1.96
+    return Estimate(mean, t * std / math.sqrt(n), n)
+
+
+def across_seeds(summaries: dict[tuple[str, str], Summary], labels: Sequence[str], reward: str) -> Estimate:
+    """Mean ± 95% t-interval across training seeds of the per-seed mean scores (one label per seed)."""
+    return estimate([summaries[(label, reward)].mean for label in labels])
+
+
+def compare(a: Estimate, b: Estimate) -> str:
+    """'higher' / 'lower' when the two 95% intervals do not overlap, else 'no clear difference'."""
+    if a.mean - a.ci > b.mean + b.ci:
+        return "higher"
+    if a.mean + a.ci < b.mean - b.ci:
+        return "lower"
+    return "no clear difference"
+
+
+def machine() -> str:
+    """CPU model, core count and accelerator, for the results page."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    cores = len(os.sched_getaffinity(0))
+    return f"{cpu}, {cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+
+
+def fresh_folder(path: Path) -> None:
+    """Empty `path` (generated output only) so that a rerun leaves no stale file behind."""
+    if path.exists() and not (path / "results.md").is_file() and any(path.iterdir()):
+        raise TexforceError(f"output {path} exists and is not an experiment's folder (no results.md); pick another")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)

@@ -1,0 +1,369 @@
+"""Pre-training of the world model, the way Stable Diffusion was built, sized for a 2-core CPU.
+
+Three stages on one pre-rendered pool of scenes: (1) a small CLIP trained contrastively; (2) a small
+`AutoencoderKL` (64×64×3 → 16×16×4); (3) a small `UNet2DConditionModel` trained on noise prediction,
+conditioned on the frozen text tower, with `empty_caption_prob` empty captions for classifier-free
+guidance. Because the text tower and the VAE are frozen in stage 3, caption embeddings and latent
+distributions are encoded once, and each U-Net step only samples from them.
+
+    texforce world pretrain --out src/texforce/world/assets/model --seed 0
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+
+from texforce.world.clip import WorldClip, build_image_encoder, build_text_encoder
+from texforce.world.reward import WorldAlignmentReward
+from texforce.world.scenes import render_pool
+
+Log = Callable[[str], None]
+STATS_FILE = "pretrain_stats.json"
+
+
+@dataclass
+class PretrainConfig:
+    """Every number of a pre-training run; the defaults built the shipped model."""
+
+    seed: int = 0
+    num_scenes: int = 24_000
+    # stage 1: CLIP
+    text_hidden_size: int = 64
+    text_num_layers: int = 4
+    max_length: int = 32
+    image_hidden_size: int = 128
+    image_num_layers: int = 3
+    clip_steps: int = 300
+    clip_batch_size: int = 256
+    clip_learning_rate: float = 1e-3
+    # stage 2: VAE
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    vae_steps: int = 400
+    vae_batch_size: int = 32
+    vae_learning_rate: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # stage 3: U-Net
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_steps: int = 1500
+    unet_batch_size: int = 128
+    unet_learning_rate: float = 1e-3
+    unet_ema_decay: float = 0.995
+    empty_caption_prob: float = 0.1
+    unet_save_every: int = 250
+    num_threads: int = 2
+
+    def validate(self) -> None:
+        for name in ("num_scenes", "clip_steps", "vae_steps", "unet_steps", "clip_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if len(self.vae_channels) != 3:
+            raise ValueError("vae_channels needs 3 levels (64 → 16 latents)")
+
+
+def tiny_config(seed: int = 0) -> PretrainConfig:
+    """Tiny sizes and a few steps: a smoke run of every stage in seconds."""
+    return PretrainConfig(
+        seed=seed,
+        num_scenes=64,
+        text_num_layers=1,
+        image_hidden_size=32,
+        image_num_layers=1,
+        clip_steps=2,
+        clip_batch_size=8,
+        vae_channels=(8, 8, 8),
+        vae_steps=2,
+        vae_batch_size=4,
+        unet_channels=(16, 16, 16),
+        unet_steps=2,
+        unet_save_every=1,
+        unet_batch_size=4,
+    )
+
+
+def _lr_lambda(num_steps: int, warmup: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to 10 %."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, num_steps - warmup)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _to_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, 64, 64, 3) → float (B, 3, 64, 64) in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _every(step: int, num_steps: int) -> bool:
+    return step == 0 or (step + 1) % max(1, num_steps // 10) == 0 or step + 1 == num_steps
+
+
+def train_clip(cfg: PretrainConfig, images: np.ndarray, captions: list[str], log: Log) -> WorldClip:
+    """Stage 1: symmetric InfoNCE on scene/caption pairs."""
+    clip = WorldClip(
+        build_text_encoder(cfg.text_hidden_size, cfg.text_num_layers, cfg.max_length),
+        build_image_encoder(cfg.image_hidden_size, cfg.image_num_layers, cfg.text_hidden_size),
+    )
+    token_ids = clip.tokenize(captions)  # (N, max_length)
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.clip_learning_rate, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.clip_steps, cfg.clip_steps // 10 + 1))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for step in range(cfg.clip_steps):
+        index = torch.randint(len(captions), (cfg.clip_batch_size,), generator=generator)
+        text_embeds = clip.embed_token_ids(token_ids[index])  # (B, D)
+        image_embeds = clip.embed_images(_to_pixels(images[index.numpy()]))  # (B, D)
+        logits = clip.logit_scale.clamp(max=math.log(100)).exp() * image_embeds @ text_embeds.T  # (B, B)
+        targets = torch.arange(len(index))
+        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if _every(step, cfg.clip_steps):
+            accuracy = (logits.argmax(1) == targets).float().mean().item()
+            log(f"clip step {step + 1}/{cfg.clip_steps} loss {loss.item():.3f} acc {accuracy:.2f}")
+    return clip.eval().requires_grad_(False)
+
+
+def build_vae(channels: tuple[int, ...]) -> AutoencoderKL:
+    """A small `AutoencoderKL`: 64×64×3 → 16×16×4 with three levels."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=tuple(channels),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def train_vae(cfg: PretrainConfig, images: np.ndarray, log: Log) -> AutoencoderKL:
+    """Stage 2: reconstruction (MSE + L1) with a weak KL term."""
+    vae = build_vae(cfg.vae_channels)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.vae_steps, cfg.vae_steps // 20 + 1))
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    for step in range(cfg.vae_steps):
+        index = torch.randint(len(images), (cfg.vae_batch_size,), generator=generator)
+        pixels = _to_pixels(images[index.numpy()]) * 2 - 1  # (B, 3, 64, 64) in [-1, 1]
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        mse = F.mse_loss(reconstruction, pixels)
+        loss = mse + 0.1 * F.l1_loss(reconstruction, pixels) + cfg.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if _every(step, cfg.vae_steps):
+            log(f"vae step {step + 1}/{cfg.vae_steps} mse {mse.item():.4f}")
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def reconstruction_alignment(vae: AutoencoderKL, images: np.ndarray, captions: list[str]) -> float:
+    """Mean `world_alignment` of VAE reconstructions: the ceiling the diffusion model can reach."""
+    pixels = _to_pixels(images) * 2 - 1
+    reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+    return WorldAlignmentReward()((reconstruction + 1) / 2, captions).mean().item()
+
+
+@torch.no_grad()
+def encode_pool(
+    clip: WorldClip, vae: AutoencoderKL, images: np.ndarray, captions: list[str], batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latent means/stds (N, 4, 16, 16), caption index (N,), caption embeddings (U + 1, L, H); row 0 is ""."""
+    unique = ["", *sorted(set(captions))]
+    row = {c: i for i, c in enumerate(unique)}
+    caption_index = torch.tensor([row[c] for c in captions])
+    prompt_embeds = torch.cat(
+        [clip.text_encoder(clip.tokenize(unique[i : i + batch_size]))[0] for i in range(0, len(unique), batch_size)]
+    )  # (U + 1, L, H)
+    means, stds = [], []
+    for start in range(0, len(images), batch_size):
+        pixels = _to_pixels(images[start : start + batch_size]) * 2 - 1
+        posterior = vae.encode(pixels).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds), caption_index, prompt_embeds
+
+
+def build_unet(channels: tuple[int, ...], cross_attention_dim: int) -> UNet2DConditionModel:
+    """A small conditional U-Net on 16×16×4 latents; cross-attention at 8×8 and 4×4."""
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(channels),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def build_noise_scheduler() -> DDPMScheduler:
+    """Stable Diffusion's training schedule (scaled-linear betas 0.00085 → 0.012, 1000 steps)."""
+    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+
+
+def build_sampling_scheduler() -> DDIMScheduler:
+    """DDIM with `steps_offset=1`: the last step keeps a non-zero variance (finite DDPO log-probs)."""
+    return DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def train_unet(
+    cfg: PretrainConfig,
+    latent_means: torch.Tensor,
+    latent_stds: torch.Tensor,
+    caption_index: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    scaling_factor: float,
+    log: Log,
+    save: Callable[[UNet2DConditionModel, int], None],
+) -> UNet2DConditionModel:
+    """Stage 3: epsilon prediction on pre-encoded latents, with empty captions for CFG; returns the EMA.
+
+    Every `unet_save_every` steps the EMA is handed to `save`, so an interrupted run leaves a usable model.
+    """
+    unet = build_unet(cfg.unet_channels, prompt_embeds.shape[-1])
+    ema = build_unet(cfg.unet_channels, prompt_embeds.shape[-1]).requires_grad_(False)
+    ema.load_state_dict(unet.state_dict())
+    noise_scheduler = build_noise_scheduler()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_learning_rate, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.unet_steps, cfg.unet_steps // 20 + 1))
+    generator = torch.Generator().manual_seed(cfg.seed + 2)
+    num_train_timesteps = noise_scheduler.config.num_train_timesteps
+    for step in range(cfg.unet_steps):
+        index = torch.randint(len(caption_index), (cfg.unet_batch_size,), generator=generator)
+        latents = latent_means[index] + latent_stds[index] * torch.randn(
+            latent_means[index].shape, generator=generator
+        )
+        latents = latents * scaling_factor  # (B, 4, 16, 16)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(num_train_timesteps, (len(index),), generator=generator)  # (B,)
+        rows = caption_index[index]
+        rows = torch.where(torch.rand(len(index), generator=generator) < cfg.empty_caption_prob, 0, rows)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=prompt_embeds[rows]).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        decay = min(cfg.unet_ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - decay)
+        if _every(step, cfg.unet_steps):
+            log(f"unet step {step + 1}/{cfg.unet_steps} loss {loss.item():.4f}")
+        if (step + 1) % cfg.unet_save_every == 0 and step + 1 < cfg.unet_steps:
+            save(ema, step + 1)
+    return ema.eval()
+
+
+def pretrain(cfg: PretrainConfig, out_dir: str | Path, clip_dir: str | Path, log: Log = print) -> dict:
+    """Run all three stages and save the pipeline (`out_dir`) and the image side of CLIP (`clip_dir`)."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.num_threads)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    images, captions = render_pool(cfg.num_scenes, cfg.seed)
+    timings["render_s"] = time.perf_counter() - start
+    log(f"rendered {len(images)} scenes in {timings['render_s']:.1f}s")
+
+    start = time.perf_counter()
+    clip = train_clip(cfg, images, captions, log)
+    timings["clip_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    vae = train_vae(cfg, images, log)
+    timings["vae_s"] = time.perf_counter() - start
+    recon_alignment = reconstruction_alignment(vae, images[:256], captions[:256])
+    log(f"vae reconstructions: world_alignment {recon_alignment:.3f}")
+
+    start = time.perf_counter()
+    latent_means, latent_stds, caption_index, prompt_embeds = encode_pool(clip, vae, images, captions)
+    scaling_factor = float(1.0 / latent_means.std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    timings["encode_s"] = time.perf_counter() - start
+    log(f"encoded the pool in {timings['encode_s']:.1f}s; latent scaling factor {scaling_factor:.3f}")
+
+    out_dir, clip_dir = Path(out_dir), Path(clip_dir)
+    clip.save_image_side(clip_dir)
+    stats = {
+        "config": asdict(cfg),
+        "parameters": {
+            "text_encoder": sum(p.numel() for p in clip.text_encoder.parameters()),
+            "image_encoder": sum(p.numel() for p in clip.image_encoder.parameters()),
+            "vae": sum(p.numel() for p in vae.parameters()),
+        },
+        "vae_reconstruction_alignment": round(recon_alignment, 3),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+    def save(unet: UNet2DConditionModel, unet_steps_done: int) -> None:
+        save_world_pipeline(out_dir, clip, vae, unet)
+        stats["parameters"]["unet"] = sum(p.numel() for p in unet.parameters())
+        stats["unet_steps_done"] = unet_steps_done
+        stats["timings"] = {k: round(v, 1) for k, v in timings.items()}
+        stats["timings"]["unet_s"] = round(time.perf_counter() - unet_start, 1)
+        stats["timings"]["total_s"] = round(sum(stats["timings"].values()), 1)
+        (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        log(f"saved {out_dir} after {unet_steps_done} U-Net steps")
+
+    unet_start = time.perf_counter()
+    unet = train_unet(cfg, latent_means, latent_stds, caption_index, prompt_embeds, scaling_factor, log, save)
+    save(unet, cfg.unet_steps)
+    return stats
+
+
+def save_world_pipeline(
+    out_dir: Path, clip: WorldClip, vae: AutoencoderKL, unet: UNet2DConditionModel
+) -> StableDiffusionPipeline:
+    """Write a standard `StableDiffusionPipeline` folder in fp16; the models passed in stay fp32."""
+    pipeline = StableDiffusionPipeline(
+        vae=copy.deepcopy(vae),
+        text_encoder=copy.deepcopy(clip.text_encoder),
+        tokenizer=clip.tokenizer,
+        unet=copy.deepcopy(unet),
+        scheduler=build_sampling_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    return pipeline

@@ -1,0 +1,110 @@
+"""`texforce experiment`: every experiment end to end on the tiny budget and the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from texforce.cli.main import main
+from texforce.experiments.harness import estimate
+
+
+@pytest.fixture(scope="module")
+def docs(tiny_model_dir, tmp_path_factory):
+    """A shared docs folder and runs cache; experiments sharing an arm (methods, curves) train it once."""
+    root = tmp_path_factory.mktemp("experiments")
+    return root / "docs", root / "runs"
+
+
+def _run(name, docs, tiny_model_dir, *extra):
+    out, runs = docs
+    argv = ["experiment", name, "--budget", "tiny", "--model", str(tiny_model_dir), "-o", str(out / name)]
+    assert main([*argv, "--runs-dir", str(runs), *extra]) == 0
+    text = (out / name / "results.md").read_text()
+    assert "| budget | `tiny`" in text and "| machine |" in text and "| wall time |" in text
+    return out / name, text
+
+
+def _rows(text, first_header):
+    """The data rows of the markdown table whose header starts with `first_header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+NUMBER = r"-?\d+\.\d{4}( ± \d+\.\d{4})?"
+
+
+def test_methods(docs, tiny_model_dir):
+    folder, text = _run("methods", docs, tiny_model_dir, "--seeds", "2")
+    rows = _rows(text, "method")
+    assert [r[0].split(" ")[0] for r in rows] == ["base", "text-encoder", "U-Net", "text", "text"]
+    assert all(re.fullmatch(NUMBER, r[1]) and re.fullmatch(NUMBER, r[3]) for r in rows)
+    assert "±" in rows[1][1] and "±" not in rows[0][1]  # 2 training seeds give an interval; base has none
+    assert len(_rows(text, "comparison")) == 5
+    for name in ("eval_heldout", "eval_single"):
+        assert (folder / name / "grid.png").is_file() and (folder / name / "summary.csv").is_file()
+    index = (folder.parent / "experiments.md").read_text()
+    assert "[methods](methods/results.md)" in index
+
+
+def test_curves_reuse_the_methods_runs(docs, tiny_model_dir):
+    metrics = docs[1] / "text_s0" / "metrics.jsonl"
+    trained = metrics.stat().st_mtime_ns
+    folder, text = _run("curves", docs, tiny_model_dir)
+    assert metrics.stat().st_mtime_ns == trained, "the text arm of methods must be reused, not retrained"
+    assert (folder / "curve_world_alignment.svg").read_text().startswith("<svg")
+    assert (folder / "curve_jpeg_compressibility.svg").is_file()
+    rows = _rows(text, "epoch")
+    assert rows[0][0] == "1" and all(re.fullmatch(NUMBER, cell) for cell in rows[0][1:])
+
+
+def test_fusion(docs, tiny_model_dir):
+    folder, text = _run("fusion", docs, tiny_model_dir)
+    rows = _rows(text, "adapter")
+    assert [r[0].split(" ")[0] for r in rows] == ["base", "counting", "relations", "fused"]
+    assert (folder / "eval_count" / "grid.png").is_file() and (folder / "eval_relation" / "grid.png").is_file()
+
+
+def test_hacking(docs, tiny_model_dir):
+    folder, text = _run("hacking", docs, tiny_model_dir, "--proxy", "jpeg_compressibility")
+    assert len(_rows(text, "epoch")) == 1
+    assert "diverge" in text.lower()
+    assert (folder / "curve_proxy.svg").is_file() and (folder / "curve_judge.svg").is_file()
+    index = (folder.parent / "experiments.md").read_text()
+    assert all(f"[{name}]({name}/results.md)" in index for name in ("methods", "curves", "fusion", "hacking"))
+    assert json.loads((folder / "meta.json").read_text())["budget"] == "tiny"
+
+
+def test_student_t_interval():
+    e = estimate([1.0, 2.0, 3.0])
+    assert e.mean == 2.0 and abs(e.ci - 4.303 * 1.0 / 3**0.5) < 1e-9
+    assert estimate([5.0]).ci == 0.0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (["--judge", "no_such_reward"], "unknown reward 'no_such_reward'"),
+    ],
+)
+def test_experiment_bad_input(extra, message, tmp_path, capsys):
+    assert main(["experiment", "methods", "--budget", "tiny", "-o", str(tmp_path / "out"), *extra]) == 2
+    assert f"texforce experiment: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_experiment_refuses_to_replace_a_foreign_folder(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["experiment", "fusion", "--budget", "tiny", "-o", str(tmp_path / "mine")]) == 2
+    assert "is not an experiment's folder" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
