@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig as PeftLoraConfig
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from texforce.config import LoraConfig, ModelConfig
 from texforce.errors import TexforceError
@@ -40,10 +40,14 @@ def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def assemble_pipeline(
-    unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, prediction_type: str = "epsilon"
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    prediction_type: str = "epsilon",
+    tokenizer: CLIPTokenizer | None = None,
 ) -> StableDiffusionPipeline:
-    """A `StableDiffusionPipeline` of these parts with the real CLIP tokenizer and SD's DDIM schedule
-    (`steps_offset=1`, so the last step keeps a positive variance and a finite log-probability)."""
+    """A `StableDiffusionPipeline` of these parts with the real CLIP tokenizer (77 tokens unless given) and SD's
+    DDIM schedule (`steps_offset=1`, so the last step keeps a positive variance and a finite log-probability)."""
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -56,7 +60,7 @@ def assemble_pipeline(
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=build_clip_tokenizer(),
+        tokenizer=tokenizer or build_clip_tokenizer(),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,

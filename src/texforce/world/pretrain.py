@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
     DDPMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
 
+from texforce.models import assemble_pipeline
 from texforce.world.clip import WorldClip, build_image_encoder, build_text_encoder
 from texforce.world.reward import WorldAlignmentReward
 from texforce.world.scenes import render_pool
@@ -231,18 +231,6 @@ def build_noise_scheduler() -> DDPMScheduler:
     return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
 
 
-def build_sampling_scheduler() -> DDIMScheduler:
-    """DDIM with `steps_offset=1`: the last step keeps a non-zero variance (finite DDPO log-probs)."""
-    return DDIMScheduler(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-
-
 def train_unet(
     cfg: PretrainConfig,
     latent_means: torch.Tensor,
@@ -355,15 +343,8 @@ def save_world_pipeline(
     out_dir: Path, clip: WorldClip, vae: AutoencoderKL, unet: UNet2DConditionModel
 ) -> StableDiffusionPipeline:
     """Write a standard `StableDiffusionPipeline` folder in fp16; the models passed in stay fp32."""
-    pipeline = StableDiffusionPipeline(
-        vae=copy.deepcopy(vae),
-        text_encoder=copy.deepcopy(clip.text_encoder),
-        tokenizer=clip.tokenizer,
-        unet=copy.deepcopy(unet),
-        scheduler=build_sampling_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    pipeline = assemble_pipeline(
+        copy.deepcopy(unet), copy.deepcopy(vae), copy.deepcopy(clip.text_encoder), tokenizer=clip.tokenizer
     )
     pipeline.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
     return pipeline
