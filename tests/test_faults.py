@@ -121,6 +121,9 @@ def _train_until_killed(overrides: list[str], kill_at: str) -> None:
 
 @pytest.fixture(scope="module")
 def straight_run(tiny_model_dir, tmp_path_factory):
+    """One thread throughout, as in the killed children: bit-equality needs the same float summation order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("kill")
     overrides = tiny_overrides(
         tiny_model_dir,
@@ -130,7 +133,8 @@ def straight_run(tiny_model_dir, tmp_path_factory):
         advantage__min_count=2,
         run_name="straight",
     )
-    return root, overrides, train_run(None, overrides, quiet=True)
+    yield root, overrides, train_run(None, overrides, quiet=True)
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
