@@ -115,6 +115,7 @@ class DDPOTrainer:
         self.prompts = load_prompt_set(c.prompts.train, c.prompts.eval)
         self.stat_tracker = PerPromptStatTracker(c.advantage.buffer_size, c.advantage.min_count)
         self.negative_ids = tokenize(self.pipe.tokenizer, [c.sample.negative_prompt])
+        self.base_negative: torch.Tensor | None = None  # (1, L, D), the negative prompt off the LoRA
         self.start_epoch, self.global_step, self.epoch = 0, 0, 0
         self.log.describe(c, self.device, self.steps_per_epoch, sum(p.numel() for p in self.trainable))
 
@@ -174,16 +175,22 @@ class DDPOTrainer:
         return self.text_encoder(prompt_ids.to(self.device))[0]
 
     def negative_embeds(self, batch_size: int) -> torch.Tensor:
-        """Embeddings of the negative prompt, through the LoRA unless `train.use_lora_for_negative` is off."""
-        ids = self.negative_ids.expand(batch_size, -1)
-        if self.config.train.use_lora_for_negative or not self.config.text_lora.use:
-            return self.encode(ids)
-        self.text_encoder.disable_adapters()
-        try:
+        """Embeddings of the negative prompt, through the LoRA unless `train.use_lora_for_negative` is off.
+
+        Off the LoRA (or with no text-encoder LoRA) they are a constant of the run, encoded once.
+        """
+        if self.config.train.use_lora_for_negative and self.config.text_lora.use:
+            return self.encode(self.negative_ids.expand(batch_size, -1))
+        if self.base_negative is None:
             with torch.no_grad():
-                return self.encode(ids)
-        finally:
-            self.text_encoder.enable_adapters()
+                if self.config.text_lora.use:
+                    self.text_encoder.disable_adapters()
+                try:
+                    self.base_negative = self.encode(self.negative_ids)
+                finally:
+                    if self.config.text_lora.use:
+                        self.text_encoder.enable_adapters()
+        return self.base_negative.expand(batch_size, -1, -1)
 
     @torch.no_grad()
     def sample(
@@ -347,12 +354,13 @@ class DDPOTrainer:
             (stats.loss * scale).backward()
             for key in ("loss", "approx_kl", "clipfrac", "ratio"):
                 totals[key] += getattr(stats, key).item() / steps.shape[1]
-        outputs = [
-            e for e, leaf in zip((embeds, negative), leaves, strict=True) if leaf is not None and leaf.grad is not None
+        pairs = [
+            (e, leaf.grad)
+            for e, leaf in zip((embeds, negative), leaves, strict=True)
+            if leaf is not None and leaf.grad is not None
         ]
-        grads = [leaf.grad for leaf in leaves if leaf is not None and leaf.grad is not None]
-        if outputs:
-            torch.autograd.backward(outputs, grads)
+        if pairs:
+            torch.autograd.backward(*zip(*pairs, strict=True))
         return dict(totals)
 
     def optimizer_step(self) -> float:
