@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -201,9 +201,14 @@ def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Seque
     for name, adapter in zip(names, adapters, strict=True):
         load_adapter(pipe, adapter, "text_encoder", adapter_name=name)
     fuse_adapters(pipe.text_encoder, names, weights)
-    tmp = output.with_name(f".{output.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_adapters(tmp, pipe.text_encoder, None, base, adapter_name="fused")
-    shutil.rmtree(output, ignore_errors=True)
-    tmp.rename(output)
+    write_folder_atomically(output, lambda tmp: save_adapters(tmp, pipe.text_encoder, None, base, "fused"))
     return output
+
+
+def write_folder_atomically(folder: Path, write: Callable[[Path], None]) -> None:
+    """`write` into a temporary sibling folder, then rename it to `folder`: complete or absent, never half."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)

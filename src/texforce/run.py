@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from texforce.checkpoint import complete_checkpoints, write_checkpoint
 from texforce.config import RunConfig, load_config, save_config, to_dict
 from texforce.distributed import process_state
 from texforce.errors import TexforceError
+from texforce.export import write_folder_atomically
 from texforce.images import make_grid, save_png
 from texforce.tracking import Tracker, captions
 
@@ -269,12 +269,9 @@ def train_run(
 
 def export_adapters(trainer: Any, run_dir: Path) -> None:
     """The final adapters into `RUN/lora`, via a temporary folder and a rename."""
-    final, tmp = run_dir / "lora", run_dir / ".lora.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    final = run_dir / "lora"
     try:
-        trainer.save_adapters(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        write_folder_atomically(final, trainer.save_adapters)
     except OSError as error:
         raise TexforceError(
             f"cannot write the final adapters to {final} ({error.strerror or error}); the last checkpoint "
