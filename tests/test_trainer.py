@@ -89,6 +89,44 @@ def test_encode_once_equals_plain_loop(tiny_model_dir, tmp_path, lora_for_negati
         torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-5)
 
 
+@torch.no_grad()
+def policy_log_probs(trainer, trajectory) -> torch.Tensor:
+    """Log-probs (N, T) of the recorded chains under the current policy."""
+    c, n = trainer.config, len(trajectory.prompts)
+    predict = guided_noise_fn(
+        trainer.unet, trainer.encode(trajectory.prompt_ids), trainer.negative_embeds(n), c.sample.guidance_scale
+    )
+    columns = []
+    for t in range(trajectory.log_probs.shape[1]):
+        timesteps, latents = trajectory.timesteps[torch.full((n,), t)], trajectory.latents[:, t]
+        _, log_probs = ddim_step_with_logprob(
+            trainer.scheduler,
+            predict(latents, timesteps),
+            timesteps,
+            latents,
+            c.sample.eta,
+            prev_sample=trajectory.latents[:, t + 1],
+        )
+        columns.append(log_probs)
+    return torch.stack(columns, 1)
+
+
+def test_one_update_favours_the_chains_with_positive_advantage(tiny_model_dir, tmp_path):
+    """The sign of the whole update: after one small step, chains with A > 0 gain log-prob over those with A < 0."""
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, text_lora__learning_rate=1e-4, train__gradient_accumulation_steps=1
+    )
+    trajectory, advantages, _, _ = first_batch(trainer)
+    before = policy_log_probs(trainer, trajectory)
+    torch.testing.assert_close(before, trajectory.log_probs, atol=1e-4, rtol=1e-5)
+    all_steps = torch.arange(trajectory.log_probs.shape[1]).expand(len(advantages), -1)
+    trainer.train_micro_batch(trajectory, advantages, torch.arange(len(advantages)), all_steps)
+    trainer.optimizer_step()
+    gain = (policy_log_probs(trainer, trajectory) - before).mean(1)  # (N,)
+    assert (advantages * gain).sum() > 0
+    assert gain[advantages > 0].mean() > gain[advantages < 0].mean()
+
+
 def test_negative_branch_off_the_lora_uses_the_base_encoder(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, train__use_lora_for_negative=False)
     with torch.no_grad():

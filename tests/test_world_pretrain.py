@@ -43,3 +43,38 @@ def test_eval_writes_numbers_and_grid(tmp_path, monkeypatch):
     assert set(record["alignment"]) == {"single", "count", "relation", "composition"}
     assert record["reward_validation"]["ground_truth"] >= 0.95
     assert grid.stat().st_size > 0
+
+
+def test_vae_loss_weights_objects_and_their_rim():
+    from texforce.world.pretrain import _to_pixels, object_weights
+    from texforce.world.scenes import BACKGROUND, render_pool
+
+    images, _ = render_pool(4, seed=3, mix={"single": 1})
+    weights = object_weights(_to_pixels(images) * 2 - 1, 5.0)  # (4, 1, 64, 64)
+    on_object = torch.from_numpy((images != BACKGROUND).any(-1))  # (4, 64, 64)
+    assert weights.shape == (4, 1, 64, 64)
+    assert (weights[:, 0][on_object] == 5).all()
+    near = torch.nn.functional.max_pool2d(on_object[:, None].float(), 3, 1, 1)[:, 0].bool()
+    assert (weights[:, 0][near & ~on_object] == 5).all() and (near & ~on_object).any()
+    assert (weights[:, 0][~near] == 1).all()
+
+
+def test_pretrain_reuses_an_earlier_clip(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    first, second = tmp_path / "first", tmp_path / "second"
+    _world(["pretrain", "--out", str(first), "--tiny", "--seed", "1"])
+    _world(["pretrain", "--out", str(second), "--tiny", "--seed", "2", "--reuse-clip", str(first)])
+    stats = json.loads((second / "model" / "pretrain_stats.json").read_text())
+    assert stats["clip_reused"] and "clip_s" not in stats["timings"]
+    for part in ("model/text_encoder/model.safetensors", "clip_image/text_projection.safetensors"):
+        before, after = load_file(first / part), load_file(second / part)
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before), part
+    assert not torch.equal(
+        load_file(first / "model/unet/diffusion_pytorch_model.safetensors")["conv_in.weight"],
+        load_file(second / "model/unet/diffusion_pytorch_model.safetensors")["conv_in.weight"],
+    )
+    with pytest.raises(TexforceError, match="missing"):
+        _world(["pretrain", "--out", str(tmp_path / "third"), "--tiny", "--reuse-clip", str(tmp_path / "nowhere")])

@@ -11,7 +11,7 @@ from pathlib import Path
 from texforce.errors import TexforceError
 
 EPILOG = """examples:
-  texforce world pretrain --out src/texforce/world/assets --seed 0     # the shipped model, ~40 min on 2 cores
+  texforce world pretrain --out src/texforce/world/assets --seed 0     # the shipped model, ~83 min on 2 cores
   texforce world pretrain --out /tmp/world --tiny                        # a seconds-long smoke run
   texforce world eval                                                    # the numbers of the model card
   texforce world eval --model /tmp/world/model --num-prompts 8 --num-seeds 1
@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--clip-steps", type=int)
     pretrain.add_argument("--vae-steps", type=int)
     pretrain.add_argument("--unet-steps", type=int)
+    pretrain.add_argument(
+        "--reuse-clip",
+        type=Path,
+        metavar="DIR",
+        help="skip stage 1 and use the CLIP of an earlier run (its --out folder, with model/ and clip_image/)",
+    )
     pretrain.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     pretrain.set_defaults(func=run)
 
@@ -49,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--output", type=Path, help="write the results as JSON here")
     evaluate.add_argument("--grid", type=Path, help="write a PNG of samples, one row per family, here")
     evaluate.set_defaults(func=run)
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -69,7 +79,12 @@ def _pretrain(args: argparse.Namespace) -> int:
     model_dir = args.out / "model"
     if model_dir.exists() and any(model_dir.iterdir()) and not args.overwrite:
         raise TexforceError(f"{model_dir} is not empty; pass --overwrite or choose another --out")
-    pretrain(cfg, model_dir, args.out / "clip_image", log=lambda message: print(message, flush=True))
+    reuse_clip = None
+    if args.reuse_clip is not None:
+        from texforce.world.clip import load_world_clip
+
+        reuse_clip = load_world_clip(args.reuse_clip / "model", args.reuse_clip / "clip_image")
+    pretrain(cfg, model_dir, args.out / "clip_image", log=_print, reuse_clip=reuse_clip)
     return 0
 
 
