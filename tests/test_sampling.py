@@ -4,29 +4,16 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
 
 from texforce.errors import TexforceError
+from texforce.models import sd_ddim_scheduler
 from texforce.sampling import check_schedule, ddim_step_with_logprob
-
-
-def sd_scheduler(**kwargs) -> DDIMScheduler:
-    config = dict(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    config.update(kwargs)
-    return DDIMScheduler(**config)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("eta", [1.0, 0.5])
 def test_step_matches_diffusers_with_same_noise(prediction_type, eta):
-    scheduler = sd_scheduler(prediction_type=prediction_type)
+    scheduler = sd_ddim_scheduler(prediction_type=prediction_type)
     scheduler.set_timesteps(20)
     torch.manual_seed(0)
     sample, output = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
@@ -50,7 +37,7 @@ def test_step_matches_diffusers_with_same_noise(prediction_type, eta):
 
 
 def test_log_prob_equals_normal_density():
-    scheduler = sd_scheduler()
+    scheduler = sd_ddim_scheduler()
     scheduler.set_timesteps(10)
     torch.manual_seed(1)
     sample, output, prev = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
@@ -65,7 +52,7 @@ def test_log_prob_equals_normal_density():
 
 
 def test_per_sample_timesteps_equal_separate_calls():
-    scheduler = sd_scheduler()
+    scheduler = sd_ddim_scheduler()
     scheduler.set_timesteps(10)
     torch.manual_seed(2)
     sample, output, prev = torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4)
@@ -79,7 +66,7 @@ def test_per_sample_timesteps_equal_separate_calls():
 
 
 def test_log_prob_gradient_flows_to_model_output():
-    scheduler = sd_scheduler()
+    scheduler = sd_ddim_scheduler()
     scheduler.set_timesteps(10)
     output = torch.randn(2, 4, 4, 4, requires_grad=True)
     _, log_prob = ddim_step_with_logprob(
@@ -91,5 +78,5 @@ def test_log_prob_gradient_flows_to_model_output():
 
 def test_zero_variance_schedule_is_refused():
     with pytest.raises(TexforceError, match="zero-variance"):
-        check_schedule(sd_scheduler(steps_offset=0), 10)
-    check_schedule(sd_scheduler(), 10)
+        check_schedule(sd_ddim_scheduler(steps_offset=0), 10)
+    check_schedule(sd_ddim_scheduler(), 10)

@@ -78,3 +78,10 @@ def test_pretrain_reuses_an_earlier_clip(tmp_path, monkeypatch):
     )
     with pytest.raises(TexforceError, match="missing"):
         _world(["pretrain", "--out", str(tmp_path / "third"), "--tiny", "--reuse-clip", str(tmp_path / "nowhere")])
+
+
+def test_pretrain_refuses_a_reused_clip_of_other_sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _world(["pretrain", "--out", str(tmp_path / "tiny"), "--tiny"])
+    with pytest.raises(TexforceError, match=r"text tower has .* the config"):
+        _world(["pretrain", "--out", str(tmp_path / "full"), "--reuse-clip", str(tmp_path / "tiny")])

@@ -39,6 +39,20 @@ def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name] if device.type == "cuda" else torch.float32
 
 
+def sd_ddim_scheduler(**overrides: object) -> DDIMScheduler:
+    """Stable Diffusion's DDIM schedule (scaled-linear betas 0.00085 → 0.012, `steps_offset=1`), with overrides."""
+    config = {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        **overrides,
+    }
+    return DDIMScheduler(**config)
+
+
 def assemble_pipeline(
     unet: UNet2DConditionModel,
     vae: AutoencoderKL,
@@ -48,21 +62,12 @@ def assemble_pipeline(
 ) -> StableDiffusionPipeline:
     """A `StableDiffusionPipeline` of these parts with the real CLIP tokenizer (77 tokens unless given) and SD's
     DDIM schedule (`steps_offset=1`, so the last step keeps a positive variance and a finite log-probability)."""
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer or build_clip_tokenizer(),
         unet=unet,
-        scheduler=scheduler,
+        scheduler=sd_ddim_scheduler(prediction_type=prediction_type),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -29,6 +29,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
+from texforce.errors import TexforceError
 from texforce.models import assemble_pipeline
 from texforce.world.clip import WorldClip, build_image_encoder, build_text_encoder
 from texforce.world.reward import WorldAlignmentReward
@@ -297,6 +298,17 @@ def train_unet(
     return ema.eval()
 
 
+def check_reused_clip(cfg: PretrainConfig, clip: WorldClip) -> None:
+    """Refuse a reused CLIP whose text tower differs from the config's stage 1, which the stats record."""
+    text = clip.text_encoder.config
+    found = (text.hidden_size, text.num_hidden_layers, text.max_position_embeddings)
+    expected = (cfg.text_hidden_size, cfg.text_num_layers, cfg.max_length)
+    if found != expected:
+        raise TexforceError(
+            f"the reused CLIP's text tower has (hidden size, layers, positions) {found}, the config {expected}"
+        )
+
+
 def pretrain(
     cfg: PretrainConfig,
     out_dir: str | Path,
@@ -310,6 +322,8 @@ def pretrain(
     retrained on the text tower that an earlier run learnt.
     """
     cfg.validate()
+    if reuse_clip is not None:
+        check_reused_clip(cfg, reuse_clip)  # before any work
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     timings: dict[str, float] = {}
@@ -319,17 +333,12 @@ def pretrain(
     timings["render_s"] = time.perf_counter() - start
     log(f"rendered {len(images)} scenes in {timings['render_s']:.1f}s")
 
-    start = time.perf_counter()
     if reuse_clip is None:
+        start = time.perf_counter()
         clip = train_clip(cfg, images, captions, log)
         timings["clip_s"] = time.perf_counter() - start
     else:
         clip = reuse_clip
-        if clip.text_encoder.config.max_position_embeddings != cfg.max_length:
-            raise ValueError(
-                f"the reused CLIP has {clip.text_encoder.config.max_position_embeddings} positions, "
-                f"the config {cfg.max_length}"
-            )
         log("stage 1 skipped: reusing a trained CLIP")
 
     start = time.perf_counter()
