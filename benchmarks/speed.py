@@ -25,12 +25,12 @@ import transformers
 
 from benchmarks.timing import seconds_per_call
 from texforce.config import load_config
-from texforce.run import RunLogger
+from texforce.runlog import RunLogger
 from texforce.sampling import ddim_step_with_logprob, guided_noise_fn
-from texforce.trainer import DDPOTrainer, epoch_generator
+from texforce.trainer import Trainer, epoch_generator
 
 
-def build_trainer(base: str, dtype: str, steps: int, sample_batch: int, train_batch: int, tmp: str) -> DDPOTrainer:
+def build_trainer(base: str, dtype: str, steps: int, sample_batch: int, train_batch: int, tmp: str) -> Trainer:
     config = load_config(
         None,
         [
@@ -40,28 +40,28 @@ def build_trainer(base: str, dtype: str, steps: int, sample_batch: int, train_ba
             f"sample.batch_size_per_device={sample_batch}",
             "sample.num_batches_per_epoch=1",
             f"train.batch_size_per_device={train_batch}",
-            "train.timestep_fraction=0.5",
+            "ddpo.timestep_fraction=0.5",
             f"output_dir={tmp}",
         ],
     )
-    trainer = DDPOTrainer(config, RunLogger(Path(tmp), 1, 1, quiet=True))
+    trainer = Trainer(config, RunLogger(Path(tmp), 1, 1, quiet=True))
     trainer.setup()
     return trainer
 
 
-def reference_update(trainer: DDPOTrainer, trajectory, rows: torch.Tensor, steps: torch.Tensor) -> None:
+def reference_update(trainer: Trainer, trajectory, rows: torch.Tensor, steps: torch.Tensor) -> None:
     """The official update's compute: fp16 autocast, text encoder re-run (with gradients) for every timestep."""
-    c = trainer.config
+    c, policy = trainer.config, trainer.policy
     autocast = torch.autocast(trainer.device.type, dtype=torch.float16, enabled=trainer.device.type == "cuda")
     for j in range(steps.shape[1]):
         with autocast:
-            embeds = trainer.encode(trajectory.prompt_ids[rows])
-            negative = trainer.encode(trainer.negative_ids.expand(len(rows), -1))
-            predict = guided_noise_fn(trainer.unet, embeds, negative, c.sample.guidance_scale)
+            embeds = policy.encode(trajectory.prompt_ids[rows])
+            negative = policy.encode(policy.negative_ids.expand(len(rows), -1))
+            predict = guided_noise_fn(policy.unet, embeds, negative, c.sample.guidance_scale)
             step = steps[:, j]
             latents = trajectory.latents[rows, step].to(trainer.device)
             _, log_probs = ddim_step_with_logprob(
-                trainer.scheduler, predict(latents, trajectory.timesteps[step].to(trainer.device)),
+                policy.scheduler, predict(latents, trajectory.timesteps[step].to(trainer.device)),
                 trajectory.timesteps[step].to(trainer.device), latents, c.sample.eta,
                 prev_sample=trajectory.latents[rows, step + 1].to(trainer.device),
             )  # fmt: skip
@@ -83,7 +83,7 @@ def measure(mode: str, args: argparse.Namespace, tmp: str) -> list[dict]:
 
     def sample():
         with autocast:
-            return trainer.sample(prompts, generator, progress=False)
+            return trainer.policy.sample(prompts, generator)
 
     sample_seconds = seconds_per_call(sample, device)
     trajectory = sample()
@@ -95,13 +95,13 @@ def measure(mode: str, args: argparse.Namespace, tmp: str) -> list[dict]:
         update_seconds = seconds_per_call(lambda: reference_update(trainer, trajectory, rows, steps), device)
     else:
         update_seconds = seconds_per_call(
-            lambda: trainer.train_micro_batch(trajectory, advantages, rows, steps), device
+            lambda: trainer.algorithm.train_micro_batch(trajectory, advantages, rows, steps), device
         )
     trainer.optimizer.zero_grad(set_to_none=True)
     common = {
         "mode": mode,
         "model": base,
-        "dtype": str(trainer.unet.dtype).removeprefix("torch."),
+        "dtype": str(trainer.policy.unet.dtype).removeprefix("torch."),
         "steps": args.steps,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from texforce.architectures import build_tiny_pipeline
 from texforce.config import load_config
-from texforce.models import build_tiny_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +33,8 @@ def tiny_overrides(model_dir: Path, output_dir: Path, **extra: object) -> list[s
         "train.batch_size_per_device": 2,
         "train.gradient_accumulation_steps": 2,
         "train.num_epochs": 2,
-        "train.timestep_fraction": 0.5,
-        "train.clip_range": 0.2,
+        "ddpo.timestep_fraction": 0.5,
+        "ddpo.clip_range": 0.2,
         "text_lora.learning_rate": 1e-2,
         "advantage.mode": "batch",
         "eval.num_prompts": 2,

@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
+from texforce.architectures import build_tiny_pipeline
 from texforce.cli.main import main
 from texforce.config import LoraConfig, load_config, save_config
 from texforce.export import save_adapters
-from texforce.models import add_lora, build_tiny_pipeline, load_pipeline
+from texforce.models import add_lora, load_pipeline
 
 
 def fails(capsys, argv: list[str], message: str) -> str:
@@ -54,8 +55,8 @@ def test_negative_eta(capsys, tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("fraction", ["0", "1.5"])
 def test_timestep_fraction_outside_unit_interval(capsys, tiny_model_dir, tmp_path, fraction):
-    message = "train.timestep_fraction must be in (0, 1]"
-    train_fails(capsys, tiny_model_dir, tmp_path, message, f"train.timestep_fraction={fraction}")
+    message = "ddpo.timestep_fraction must be in (0, 1]"
+    train_fails(capsys, tiny_model_dir, tmp_path, message, f"ddpo.timestep_fraction={fraction}")
 
 
 def test_batch_size_not_dividing_the_epoch(capsys, tiny_model_dir, tmp_path):
@@ -193,8 +194,8 @@ def test_resume_with_another_config(capsys, tiny_model_dir, tmp_path):
     run.mkdir()
     save_config(load_config(None, tiny_overrides(tiny_model_dir, tmp_path)), run / "config.yaml")
     before = sorted(p.name for p in run.iterdir())
-    message = "--resume " + str(run) + ": the run was started with another config: train.clip_range (0.2 → 0.5)"
-    fails(capsys, ["train", "--resume", str(run), "train.clip_range=0.5"], message)
+    message = "--resume " + str(run) + ": the run was started with another config: ddpo.clip_range (0.2 → 0.5)"
+    fails(capsys, ["train", "--resume", str(run), "ddpo.clip_range=0.5"], message)
     assert sorted(p.name for p in run.iterdir()) == before
 
 

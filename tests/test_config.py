@@ -16,13 +16,13 @@ def test_overrides_are_typed():
     config = load_config(
         None,
         [
-            "train.clip_range=2e-4",
+            "ddpo.clip_range=2e-4",
             "unet_lora.use=true",
             "sample.num_steps=20",
             "text_lora.target_modules=q_proj,v_proj",
         ],
     )
-    assert config.train.clip_range == 2e-4 and config.unet_lora.use and config.sample.num_steps == 20
+    assert config.ddpo.clip_range == 2e-4 and config.unet_lora.use and config.sample.num_steps == 20
     assert config.text_lora.target_modules == ["q_proj", "v_proj"]
     assert config.num_train_timesteps == 20
 
@@ -30,12 +30,13 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.clip_rnge=1", "did you mean train.clip_range"),
+        ("ddpo.clip_rnge=1", "did you mean ddpo.clip_range"),
+        ("train.clip_range=1", "did you mean ddpo.clip_range"),
         ("modl.base=x", "did you mean model"),
         ("text_lora.learning_rate=-1", "text_lora.learning_rate must be > 0"),
         ("sample.eta=-0.5", "sample.eta must be > 0"),
-        ("train.timestep_fraction=0", r"timestep_fraction must be in \(0, 1\]"),
-        ("train.timestep_fraction=1.5", r"timestep_fraction must be in \(0, 1\]"),
+        ("ddpo.timestep_fraction=0", r"timestep_fraction must be in \(0, 1\]"),
+        ("ddpo.timestep_fraction=1.5", r"timestep_fraction must be in \(0, 1\]"),
         ("train.batch_size_per_device=3", "must divide the samples per epoch"),
         ("train.gradient_accumulation_steps=3", "gradient_accumulation_steps .* must divide"),
         ("train.num_epochs=many", "train.num_epochs must be int"),

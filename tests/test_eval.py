@@ -64,7 +64,7 @@ def test_summary_confidence_interval():
     rows = [{"config": "c", "reward": "r", "score": s} for s in (1.0, 2.0, 3.0, 4.0)]
     (s,) = summarise(rows, ["c"], ["r"])
     assert s.mean == 2.5 and abs(s.std - 1.2909944) < 1e-6
-    assert abs(s.ci_high - s.mean - 1.959964 * s.std / 2) < 1e-9
+    assert abs(s.ci_high - s.mean - 3.182 * s.std / 2) < 1e-9  # Student t, 3 degrees of freedom
 
 
 @pytest.mark.parametrize(

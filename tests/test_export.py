@@ -7,10 +7,11 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+from texforce.architectures import build_tiny_pipeline
 from texforce.config import LoraConfig, UNetLoraConfig
 from texforce.errors import TexforceError
 from texforce.export import fuse_adapters, load_adapter, save_adapters
-from texforce.models import add_lora, build_tiny_pipeline, peft_lora_config
+from texforce.models import add_lora, peft_lora_config
 
 
 def trained_pipeline(alpha: float = 8.0, seed: int = 1):

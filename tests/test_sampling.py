@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from texforce.architectures import sd_ddim_scheduler
 from texforce.errors import TexforceError
-from texforce.models import sd_ddim_scheduler
 from texforce.sampling import check_schedule, ddim_step_with_logprob
 
 

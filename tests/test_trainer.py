@@ -8,21 +8,22 @@ from conftest import tiny_overrides
 from safetensors.torch import load_file
 
 from texforce.config import load_config
-from texforce.run import RunLogger, train_run
+from texforce.run import train_run
+from texforce.runlog import RunLogger
 from texforce.sampling import ddim_step_with_logprob, guided_noise_fn
-from texforce.trainer import DDPOTrainer, epoch_generator
+from texforce.trainer import Trainer, epoch_generator
 
 
-def make_trainer(model_dir, tmp_path, **extra) -> DDPOTrainer:
+def make_trainer(model_dir, tmp_path, **extra) -> Trainer:
     config = load_config(None, tiny_overrides(model_dir, tmp_path / "runs", **extra))
-    trainer = DDPOTrainer(config, RunLogger(tmp_path, config.train.num_epochs, 1, quiet=True))
+    trainer = Trainer(config, RunLogger(tmp_path, config.train.num_epochs, 1, quiet=True))
     trainer.setup()
     return trainer
 
 
 def first_batch(trainer):
     generator = epoch_generator(trainer.config.seed, 0)
-    trajectory = trainer.sample(trainer.draw_prompts(generator), generator)
+    trajectory = trainer.policy.sample(trainer.draw_prompts(generator), generator)
     advantages = torch.linspace(-1, 1, len(trajectory.prompts))
     rows = torch.arange(trainer.config.train.batch_size_per_device)
     steps = torch.stack([torch.randperm(trajectory.log_probs.shape[1], generator=generator) for _ in rows])
@@ -33,9 +34,10 @@ def first_batch(trainer):
 def test_ratio_is_one_on_policy_and_only_lora_gets_gradients(tiny_model_dir, tmp_path, joint):
     trainer = make_trainer(tiny_model_dir, tmp_path, unet_lora__use=joint)
     trajectory, advantages, rows, steps = first_batch(trainer)
-    stats = trainer.train_micro_batch(trajectory, advantages, rows, steps)
+    stats = trainer.algorithm.train_micro_batch(trajectory, advantages, rows, steps)
     assert abs(stats["ratio"] - 1.0) < 1e-5 and stats["clipfrac"] == 0.0 and stats["approx_kl"] < 1e-10
-    for module, trained in ((trainer.text_encoder, True), (trainer.unet, joint), (trainer.pipe.vae, False)):
+    policy = trainer.policy
+    for module, trained in ((policy.text_encoder, True), (policy.unet, joint), (policy.vae, False)):
         for name, param in module.named_parameters():
             if "lora_" in name:  # at init B = 0, so A's gradient is exactly zero; B's must not be
                 assert trained and param.grad is not None, name
@@ -46,15 +48,15 @@ def test_ratio_is_one_on_policy_and_only_lora_gets_gradients(tiny_model_dir, tmp
 
 def plain_loop_gradients(trainer, trajectory, advantages, rows, steps):
     """Reference: re-encode the prompts for every timestep and back-propagate each step on its own."""
-    c = trainer.config
+    c, policy = trainer.config, trainer.policy
     for j in range(steps.shape[1]):
-        embeds = trainer.encode(trajectory.prompt_ids[rows])
-        negative = trainer.negative_embeds(len(rows))
-        predict = guided_noise_fn(trainer.unet, embeds, negative, c.sample.guidance_scale)
+        embeds = policy.encode(trajectory.prompt_ids[rows])
+        negative = policy.negative_embeds(len(rows))
+        predict = guided_noise_fn(policy.unet, embeds, negative, c.sample.guidance_scale)
         step = steps[:, j]
         latents = trajectory.latents[rows, step]
         _, log_probs = ddim_step_with_logprob(
-            trainer.scheduler,
+            policy.scheduler,
             predict(latents, trajectory.timesteps[step]),
             trajectory.timesteps[step],
             latents,
@@ -63,7 +65,7 @@ def plain_loop_gradients(trainer, trajectory, advantages, rows, steps):
         )
         ratio = torch.exp(log_probs - trajectory.log_probs[rows, step])
         adv = advantages[rows]
-        loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.train.clip_range, 1 + c.train.clip_range)).mean()
+        loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.ddpo.clip_range, 1 + c.ddpo.clip_range)).mean()
         (loss / (steps.shape[1] * c.train.gradient_accumulation_steps)).backward()
     return [p.grad.clone() for p in trainer.trainable]
 
@@ -75,12 +77,12 @@ def test_encode_once_equals_plain_loop(tiny_model_dir, tmp_path, lora_for_negati
     )
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():  # move off the zero-B init so that every gradient is generic
-        for module in (trainer.text_encoder, trainer.unet):
+        for module in (trainer.policy.text_encoder, trainer.policy.unet):
             for name, param in module.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.05, generator=generator)
     trajectory, advantages, rows, steps = first_batch(trainer)
-    trainer.train_micro_batch(trajectory, advantages, rows, steps)
+    trainer.algorithm.train_micro_batch(trajectory, advantages, rows, steps)
     fast = [p.grad.clone() for p in trainer.trainable]
     trainer.optimizer.zero_grad(set_to_none=True)
     reference = plain_loop_gradients(trainer, trajectory, advantages, rows, steps)
@@ -92,15 +94,15 @@ def test_encode_once_equals_plain_loop(tiny_model_dir, tmp_path, lora_for_negati
 @torch.no_grad()
 def policy_log_probs(trainer, trajectory) -> torch.Tensor:
     """Log-probs (N, T) of the recorded chains under the current policy."""
-    c, n = trainer.config, len(trajectory.prompts)
+    c, n, policy = trainer.config, len(trajectory.prompts), trainer.policy
     predict = guided_noise_fn(
-        trainer.unet, trainer.encode(trajectory.prompt_ids), trainer.negative_embeds(n), c.sample.guidance_scale
+        policy.unet, policy.encode(trajectory.prompt_ids), policy.negative_embeds(n), c.sample.guidance_scale
     )
     columns = []
     for t in range(trajectory.log_probs.shape[1]):
         timesteps, latents = trajectory.timesteps[torch.full((n,), t)], trajectory.latents[:, t]
         _, log_probs = ddim_step_with_logprob(
-            trainer.scheduler,
+            policy.scheduler,
             predict(latents, timesteps),
             timesteps,
             latents,
@@ -120,7 +122,7 @@ def test_one_update_favours_the_chains_with_positive_advantage(tiny_model_dir, t
     before = policy_log_probs(trainer, trajectory)
     torch.testing.assert_close(before, trajectory.log_probs, atol=1e-4, rtol=1e-5)
     all_steps = torch.arange(trajectory.log_probs.shape[1]).expand(len(advantages), -1)
-    trainer.train_micro_batch(trajectory, advantages, torch.arange(len(advantages)), all_steps)
+    trainer.algorithm.train_micro_batch(trajectory, advantages, torch.arange(len(advantages)), all_steps)
     trainer.optimizer_step()
     gain = (policy_log_probs(trainer, trajectory) - before).mean(1)  # (N,)
     assert (advantages * gain).sum() > 0
@@ -129,16 +131,17 @@ def test_one_update_favours_the_chains_with_positive_advantage(tiny_model_dir, t
 
 def test_negative_branch_off_the_lora_uses_the_base_encoder(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, train__use_lora_for_negative=False)
+    policy = trainer.policy
     with torch.no_grad():
-        for name, param in trainer.text_encoder.named_parameters():
+        for name, param in policy.text_encoder.named_parameters():
             if "lora_B" in name:
                 param.fill_(0.1)
-        with_lora = trainer.encode(trainer.negative_ids)
-        trainer.text_encoder.disable_adapters()
-        base = trainer.encode(trainer.negative_ids)
-        trainer.text_encoder.enable_adapters()
+        with_lora = policy.encode(policy.negative_ids)
+        policy.text_encoder.disable_adapters()
+        base = policy.encode(policy.negative_ids)
+        policy.text_encoder.enable_adapters()
     assert not torch.allclose(with_lora, base)
-    assert torch.equal(trainer.negative_embeds(1), base)
+    assert torch.equal(policy.negative_embeds(1), base)
 
 
 def test_resume_equals_uninterrupted_run(tiny_model_dir, tmp_path, monkeypatch):
@@ -186,7 +189,7 @@ def test_resume_refuses_another_config(tiny_model_dir, tmp_path):
 
     overrides = tiny_overrides(tiny_model_dir, tmp_path, train__num_epochs=1)
     run = train_run(None, overrides, quiet=True)
-    with pytest.raises(TexforceError, match=r"another config: train.clip_range"):
-        train_run(None, ["train.clip_range=0.5"], resume=str(run), quiet=True)
+    with pytest.raises(TexforceError, match=r"another config: ddpo.clip_range"):
+        train_run(None, ["ddpo.clip_range=0.5"], resume=str(run), quiet=True)
     with pytest.raises(TexforceError, match="already exists"):
         train_run(None, overrides, quiet=True)

@@ -68,15 +68,12 @@ class SampleConfig:
 
 @dataclass
 class TrainConfig:
-    """The PPO update."""
+    """What every algorithm shares: which algorithm, epochs, micro-batches, the optimizer and its schedule."""
 
+    algorithm: str = "ddpo"  # ddpo | backprop (see texforce.algorithms)
     num_epochs: int = 100
-    batch_size_per_device: int = 4
+    batch_size_per_device: int = 4  # samples per micro-batch of the update
     gradient_accumulation_steps: int = 1
-    num_inner_epochs: int = 1
-    timestep_fraction: float = 1.0
-    clip_range: float = 1e-4
-    adv_clip_max: float = 10.0
     max_grad_norm: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -84,9 +81,29 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     lr_schedule: str = "constant"  # constant | cosine (both after a linear warm-up)
     lr_warmup_steps: int = 0
-    use_cfg: bool = True  # classifier-free guidance in the update, as at sampling
     use_lora_for_negative: bool = True  # encode the negative prompt through the LoRA text encoder too
     max_nonfinite_fraction: float = 0.1  # NaN/inf rewards are dropped; above this fraction an epoch aborts
+
+
+@dataclass
+class DDPOConfig:
+    """DDPO (Black et al. 2023), TexForce's algorithm: PPO's clipped ratio over the recorded denoising chains."""
+
+    num_inner_epochs: int = 1
+    timestep_fraction: float = 1.0
+    clip_range: float = 1e-4
+    adv_clip_max: float = 10.0
+    use_cfg: bool = True  # classifier-free guidance in the update, as at sampling
+
+
+@dataclass
+class BackpropConfig:
+    """Direct reward back-propagation (DRaFT-K, AlignProp): the reward's gradient flows through the VAE decoder
+    and the last `num_grad_steps` sampling steps into the LoRA weights; earlier steps run without a graph."""
+
+    num_grad_steps: int = 1  # K: how many of the last sampling steps keep their graph
+    random_truncation: bool = False  # AlignProp: K drawn uniformly from 1..num_grad_steps per micro-batch
+    gradient_checkpointing: bool = True  # recompute each U-Net call and the VAE decoder in the backward pass
 
 
 @dataclass
@@ -139,6 +156,8 @@ class RunConfig:
     unet_lora: UNetLoraConfig = field(default_factory=UNetLoraConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ddpo: DDPOConfig = field(default_factory=DDPOConfig)
+    backprop: BackpropConfig = field(default_factory=BackpropConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -146,8 +165,8 @@ class RunConfig:
 
     @property
     def num_train_timesteps(self) -> int:
-        """How many of the sampled denoising steps each sample is trained on."""
-        return max(1, int(self.sample.num_steps * self.train.timestep_fraction))
+        """How many of the sampled denoising steps each sample is trained on (DDPO)."""
+        return max(1, int(self.sample.num_steps * self.ddpo.timestep_fraction))
 
     @property
     def samples_per_epoch_per_device(self) -> int:
@@ -299,7 +318,10 @@ def _check(condition: bool, message: str) -> None:
 
 def validate(config: RunConfig) -> None:
     """Range and consistency checks; each failure names the key and what to change."""
-    s, t, a = config.sample, config.train, config.advantage
+    s, t, a, d, b = config.sample, config.train, config.advantage, config.ddpo, config.backprop
+    from texforce.algorithms import ALGORITHMS
+
+    _check(t.algorithm in ALGORITHMS, f"train.algorithm must be one of {', '.join(ALGORITHMS)}, got {t.algorithm!r}")
     _check(config.model.dtype in ("bf16", "fp16", "fp32"), "model.dtype must be bf16, fp16 or fp32")
     _check(config.text_lora.use or config.unet_lora.use, "nothing to train: set text_lora.use or unet_lora.use")
     for name in ("text_lora", "unet_lora"):
@@ -310,8 +332,12 @@ def validate(config: RunConfig) -> None:
         _check(lora.init in ("gaussian", "default"), f"{name}.init must be gaussian or default")
         _check(bool(lora.target_modules), f"{name}.target_modules must not be empty")
     _check(s.num_steps >= 1, f"sample.num_steps must be >= 1, got {s.num_steps}")
-    _check(s.eta > 0, f"sample.eta must be > 0 (a deterministic sampler has no log-probability), got {s.eta}")
-    _check(s.guidance_scale >= 1.0, f"sample.guidance_scale must be >= 1, got {s.guidance_scale}")
+    if t.algorithm == "ddpo":
+        _check(
+            s.eta > 0, f"sample.eta must be > 0 for DDPO (a deterministic step has no log-probability), got {s.eta}"
+        )
+    _check(s.eta >= 0, f"sample.eta must be >= 0, got {s.eta}")
+    _check(s.guidance_scale >= 0, f"sample.guidance_scale must be >= 0 (<= 1: no guidance), got {s.guidance_scale}")
     _check(
         s.resolution is None or (s.resolution > 0 and s.resolution % 8 == 0),
         f"sample.resolution must be a positive multiple of 8, got {s.resolution}",
@@ -321,10 +347,14 @@ def validate(config: RunConfig) -> None:
     _check(t.num_epochs >= 0, f"train.num_epochs must be >= 0, got {t.num_epochs}")
     _check(t.batch_size_per_device >= 1, "train.batch_size_per_device must be >= 1")
     _check(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
-    _check(t.num_inner_epochs >= 1, "train.num_inner_epochs must be >= 1")
-    _check(0 < t.timestep_fraction <= 1, f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}")
-    _check(t.clip_range > 0, f"train.clip_range must be > 0, got {t.clip_range}")
-    _check(t.adv_clip_max > 0, f"train.adv_clip_max must be > 0, got {t.adv_clip_max}")
+    _check(d.num_inner_epochs >= 1, "ddpo.num_inner_epochs must be >= 1")
+    _check(0 < d.timestep_fraction <= 1, f"ddpo.timestep_fraction must be in (0, 1], got {d.timestep_fraction}")
+    _check(d.clip_range > 0, f"ddpo.clip_range must be > 0, got {d.clip_range}")
+    _check(d.adv_clip_max > 0, f"ddpo.adv_clip_max must be > 0, got {d.adv_clip_max}")
+    _check(
+        1 <= b.num_grad_steps <= s.num_steps,
+        f"backprop.num_grad_steps must be in [1, sample.num_steps={s.num_steps}], got {b.num_grad_steps}",
+    )
     _check(t.max_grad_norm > 0, f"train.max_grad_norm must be > 0, got {t.max_grad_norm}")
     _check(t.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine")
     _check(t.lr_warmup_steps >= 0, "train.lr_warmup_steps must be >= 0")
@@ -363,9 +393,17 @@ def validate(config: RunConfig) -> None:
         "log.wandb=true but wandb is not installed: pip install wandb, or set log.wandb=false",
     )
     from texforce.prompts import check_prompt_source, load_prompt_set
-    from texforce.rewards import parse_reward_spec
+    from texforce.rewards import differentiable_rewards, parse_reward_spec
 
-    parse_reward_spec(config.reward)
+    terms = parse_reward_spec(config.reward)
+    if t.algorithm == "backprop":
+        differentiable = differentiable_rewards()
+        fixed = [name for name, weight in terms if name not in differentiable and weight != 0]
+        _check(
+            not fixed,
+            f"reward {', '.join(fixed)} is not differentiable, so train.algorithm=backprop cannot use it; "
+            f"differentiable rewards: {', '.join(differentiable)} (or train.algorithm=ddpo)",
+        )
     for key in ("train", "eval"):  # read the files now: an empty or undecodable one fails before any output
         source = getattr(config.prompts, key)
         if source is None:

@@ -3,7 +3,7 @@
 Every configuration renders the same prompts from the same seeds (same initial noise), so differences
 come from the adapters alone. Outputs, in one folder written atomically:
     results.csv   configuration, prompt, seed, reward name, score — one row per image and reward
-    summary.csv   configuration, reward, n, mean, std, 95% CI (mean ± 1.96·std/√n, normal approximation)
+    summary.csv   configuration, reward, n, mean, std, 95% CI (mean ± t·std/√n, Student t)
     summary.json  the same, for scripts
     grid.png      one row per configuration, one column per prompt (first seed)
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ from pathlib import Path
 import torch
 
 from texforce.errors import TexforceError
-
-Z_95 = 1.959964
+from texforce.stats import estimate, std
 
 
 @dataclass(frozen=True)
@@ -61,15 +59,13 @@ class Summary:
 
 
 def summarise(rows: Sequence[dict], setups: Sequence[str], rewards: Sequence[str]) -> list[Summary]:
-    """Mean, sample std and the normal-approximation 95% CI of each (configuration, reward)."""
+    """Mean, sample std and 95% interval of each (configuration, reward) over its images."""
     summaries = []
     for setup in setups:
         for reward in rewards:
             scores = [r["score"] for r in rows if r["config"] == setup and r["reward"] == reward]
-            n, mean = len(scores), sum(scores) / len(scores)
-            std = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1)) if n > 1 else 0.0
-            half = Z_95 * std / math.sqrt(n)
-            summaries.append(Summary(setup, reward, n, mean, std, mean - half, mean + half))
+            e = estimate(scores)
+            summaries.append(Summary(setup, reward, e.n, e.mean, std(scores), e.low, e.high))
     return summaries
 
 

@@ -1,9 +1,10 @@
-"""A training run on disk: its folder, config, metrics, progress, grids, checkpoints, and resume.
+"""A training run on disk: its folder, config, before/after evaluation, final adapters, and resume.
 
 Run folder:
     config.yaml       the resolved config (a resume must match it)
     metrics.jsonl     one JSON object per epoch (epoch, reward_mean, reward_std, ppo/*, lr/*, time/*)
-    eval.json         mean reward before/after training, on training and held-out prompts
+    eval.json         before/after rewards of training and held-out prompts on fixed seeds, with the change's
+                      95% interval and verdict, and the sampler settings they were rendered with
     samples/          epoch_{n:05d}.png grids; eval_before/after_*.png
     checkpoints/      checkpoint_{epoch:05d}/ (see checkpoint.py)
     lora/             the final adapters, diffusers + PEFT formats (see export.py)
@@ -13,168 +14,23 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
-import yaml
-from accelerate import PartialState
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from texforce.checkpoint import complete_checkpoints, write_checkpoint
+from texforce.checkpoint import complete_checkpoints
 from texforce.config import RunConfig, load_config, save_config, to_dict
 from texforce.distributed import process_state
 from texforce.errors import TexforceError
 from texforce.export import write_folder_atomically
 from texforce.images import make_grid, save_png
-from texforce.tracking import Tracker, captions
-
-if TYPE_CHECKING:
-    from texforce.sampling import Trajectory
-    from texforce.trainer import EpochStats
-
-GRID_SIZE = 16
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class RunLogger:
-    """Everything a run writes or prints, kept out of the training loop. Only the main process (`main`)
-    of a multi-process run writes or prints."""
-
-    def __init__(
-        self, run_dir: Path, num_epochs: int, keep_checkpoints: int, quiet: bool = False, main: bool = True
-    ) -> None:
-        self.run_dir = run_dir
-        self.num_epochs = num_epochs
-        self.keep_checkpoints = keep_checkpoints
-        self.quiet = quiet or not main
-        self.main = main
-        self.console = Console(stderr=True, quiet=self.quiet)
-        self.warnings = Console(stderr=True, quiet=not main)  # shown even when quiet
-        self.metrics_path = run_dir / "metrics.jsonl"
-        self.tracker: Tracker | None = None
-
-    def describe(self, config: RunConfig, device: torch.device, steps_per_epoch: int, num_params: int) -> None:
-        self.console.print(
-            f"[bold]texforce[/] {config.model.base} on {device} · reward {config.reward} · "
-            f"{config.samples_per_epoch_per_device} samples × {config.sample.num_steps} steps per epoch · "
-            f"{steps_per_epoch} optimizer steps per epoch · {num_params:,} trainable parameters · {self.run_dir}"
-        )
-
-    def progress(self, description: str, total: int) -> Callable[[], None]:
-        """A progress bar with ETA; returns the function that advances it (a no-op when quiet or empty)."""
-        if self.quiet or total <= 0 or (not sys.stderr.isatty() and os.environ.get("TEXFORCE_PROGRESS") != "1"):
-            return _NoProgress()
-        bar = Progress(
-            TextColumn(f"{description:>9}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        bar.start()
-        task = bar.add_task(description, total=total)
-        return _Bar(bar, task)
-
-    def done(self, advance: Callable[[], None]) -> None:
-        if isinstance(advance, _Bar):
-            advance.bar.stop()
-
-    def warn(self, message: str) -> None:
-        self.warnings.print(f"[yellow]warning:[/] {message}")
-
-    def start_tracking(self, config: RunConfig) -> None:
-        """Open TensorBoard (and wandb if enabled); called once the run folder exists."""
-        if self.main:
-            self.tracker = Tracker(self.run_dir, config)
-
-    def epoch(self, epoch: int, stats: EpochStats, trajectory: Trajectory, lrs: list[float]) -> None:
-        """Append to metrics.jsonl, save the grid, send both to the trackers, print the one-line summary."""
-        if not self.main:
-            return
-        finite = np.isfinite(stats.rewards)  # dropped samples are counted, not averaged
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "reward_mean": float(np.mean(stats.rewards[finite])),
-            "reward_std": float(np.std(stats.rewards[finite])),
-        }
-        for name, values in stats.components.items():
-            record[f"reward/{name}_mean"] = float(np.mean(values[finite]))
-            record[f"reward/{name}_std"] = float(np.std(values[finite]))
-        record.update({f"ppo/{k}": v for k, v in stats.update.items()})
-        record.update({f"lr/group{i}": lr for i, lr in enumerate(lrs)})
-        record.update({f"time/{k}_s": round(v, 3) for k, v in stats.seconds.items()})
-        record.update({f"faults/{k}": v for k, v in stats.faults.items()})
-        grid = make_grid(trajectory.images[:GRID_SIZE])
-        try:
-            with open(self.metrics_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            save_png(grid, self.run_dir / "samples" / f"epoch_{epoch:05d}.png")
-        except OSError as error:
-            raise TexforceError(
-                f"cannot write to the run folder {self.run_dir} ({error.strerror or error}); "
-                "the last checkpoint is intact: free space, then --resume"
-            ) from None
-        if self.tracker is not None:
-            self.tracker.scalars(record, epoch)
-            lines = captions(trajectory.prompts[:GRID_SIZE], stats.rewards[:GRID_SIZE])
-            self.tracker.images("samples", grid, lines, epoch)
-        seconds = stats.seconds
-        self.console.print(
-            f"epoch {epoch}/{self.num_epochs}  reward {record['reward_mean']:.4f} ± {record['reward_std']:.4f}  "
-            f"loss {stats.update.get('loss', 0):+.2e}  kl {stats.update.get('approx_kl', 0):.2e}  "
-            f"clip {stats.update.get('clipfrac', 0):.2f}  lr {lrs[0]:.1e}  "
-            f"[sample {seconds['sample']:.1f}s · reward {seconds['reward']:.1f}s · train {seconds['train']:.1f}s]"
-            + "".join(f"  {k.replace('_', ' ')} {v}" for k, v in stats.faults.items() if v)
-        )
-
-    def checkpoint(self, epoch: int, state: dict[str, Any], write_adapters: Callable[[Path], None]) -> None:
-        """The main process writes; every process waits for it, so none runs ahead of a failed save."""
-        if self.main:
-            write_checkpoint(self.run_dir, epoch, state, write_adapters, keep=self.keep_checkpoints)
-        PartialState().wait_for_everyone()
-
-    def truncate_metrics(self, epoch: int) -> None:
-        """Drop metrics of epochs after `epoch` (written before a crash, not covered by the checkpoint)."""
-        if not self.main or not self.metrics_path.exists():
-            return
-        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
-        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
-
-
-class _NoProgress:
-    def __call__(self) -> None:
-        pass
-
-
-class _Bar:
-    def __init__(self, bar: Progress, task: Any) -> None:
-        self.bar, self.task = bar, task
-
-    def __call__(self) -> None:
-        self.bar.advance(self.task)
+from texforce.runlog import RunLogger, write_text_atomic
+from texforce.stats import estimate, verdict
+from texforce.trainer import Trainer
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -233,12 +89,10 @@ def train_run(
 
     Under `accelerate launch` every process runs this; only the main one evaluates and writes.
     """
-    from texforce.trainer import DDPOTrainer
-
     config, run_dir, checkpoint = prepare_run(config_path, list(overrides), resume)
     state = process_state(config.model.device)
     logger = RunLogger(run_dir, config.train.num_epochs, config.keep_checkpoints, quiet, state.is_main_process)
-    trainer = DDPOTrainer(config, logger)
+    trainer = Trainer(config, logger)
     trainer.setup()
     state.wait_for_everyone()  # every process has checked the run folder before the main one creates it
     if resume is None and state.is_main_process:
@@ -250,28 +104,28 @@ def train_run(
     logger.truncate_metrics(trainer.start_epoch)
     eval_path = run_dir / "eval.json"
     results = json.loads(eval_path.read_text()) if eval_path.exists() else {}
-    if "before" not in results and state.is_main_process:
-        results["before"] = evaluate(trainer, "before")
+    if "scores" not in results and state.is_main_process:
+        results = eval_record(trainer, evaluate(trainer, "before"), None)
         write_text_atomic(eval_path, json.dumps(results, indent=2))
     state.wait_for_everyone()
     started = time.perf_counter()
     trainer.train()
     if state.is_main_process:
-        results["after"] = evaluate(trainer, "after")
+        results = eval_record(trainer, results["scores"]["before"], evaluate(trainer, "after"))
         results["train_seconds_this_session"] = round(time.perf_counter() - started, 1)
         export_adapters(trainer, run_dir)
         write_text_atomic(eval_path, json.dumps(results, indent=2))
         logger.tracker.close()
-        summarise(logger.console, results)
+        summarise(logger.console, results, config.reward, run_dir)
     state.wait_for_everyone()
     return run_dir
 
 
-def export_adapters(trainer: Any, run_dir: Path) -> None:
+def export_adapters(trainer: Trainer, run_dir: Path) -> None:
     """The final adapters into `RUN/lora`, via a temporary folder and a rename."""
     final = run_dir / "lora"
     try:
-        write_folder_atomically(final, trainer.save_adapters)
+        write_folder_atomically(final, trainer.policy.save_adapters)
     except OSError as error:
         raise TexforceError(
             f"cannot write the final adapters to {final} ({error.strerror or error}); the last checkpoint "
@@ -279,26 +133,66 @@ def export_adapters(trainer: Any, run_dir: Path) -> None:
         ) from None
 
 
-def evaluate(trainer: Any, when: str) -> dict[str, float]:
-    """Mean reward on training and held-out prompts (fixed seeds); saves a grid of each."""
+def evaluate(trainer: Trainer, when: str) -> dict[str, Any]:
+    """Rewards of training and held-out prompts × `eval.num_seeds` fixed seeds (deterministic DDIM); saves a grid
+    of each. Returns per split the scores (seeds × prompts)."""
     e, prompts = trainer.config.eval, trainer.prompts
+    seeds = [e.seed + k for k in range(e.num_seeds)]
     result = {}
-    for name, chosen in (
-        ("train", prompts.train[: e.num_prompts]),
-        ("heldout", prompts.eval[: e.num_prompts]),
-    ):
+    for name, chosen in (("train", prompts.train[: e.num_prompts]), ("heldout", prompts.eval[: e.num_prompts])):
         if not chosen:
             continue
-        mean, images = trainer.evaluate(chosen)
-        result[name] = round(mean, 5)
+        scores, images = trainer.evaluate(chosen, seeds)
+        result[name] = [[round(v, 5) for v in row] for row in scores.tolist()]
         save_png(make_grid(images), trainer.log.run_dir / "samples" / f"eval_{when}_{name}.png")
     return result
 
 
-def summarise(console: Console, results: dict[str, Any]) -> None:
-    before, after = results["before"], results["after"]
-    for name in after:
+def eval_record(trainer: Trainer, before: dict[str, Any], after: dict[str, Any] | None) -> dict[str, Any]:
+    """eval.json: the sampler settings, per-image scores, means before/after, and the paired change's 95%
+    interval and verdict (each image's after − before: same prompt, same seed)."""
+    c = trainer.config
+    record: dict[str, Any] = {
+        "sampler": {
+            "num_steps": c.sample.num_steps,
+            "guidance_scale": c.sample.guidance_scale,
+            "eta": 0.0,
+            "seeds": [c.eval.seed + k for k in range(c.eval.num_seeds)],
+        },
+        "scores": {"before": before, **({"after": after} if after is not None else {})},
+        "before": {name: round(float(torch.tensor(v).mean()), 5) for name, v in before.items()},
+    }
+    if after is not None:
+        record["after"] = {name: round(float(torch.tensor(v).mean()), 5) for name, v in after.items()}
+        record["change"] = {}
+        for name in after:
+            change = estimate((torch.tensor(after[name]) - torch.tensor(before[name])).flatten().tolist())
+            record["change"][name] = {
+                "mean": round(change.mean, 5),
+                "ci95": round(change.ci, 5),
+                "n": change.n,
+                "verdict": verdict(change),
+            }
+    return record
+
+
+SPLIT_NAMES = {"train": "training prompts", "heldout": "held-out prompts"}
+VERDICT_SENTENCES = {
+    "rose": "it rose",
+    "fell": "it fell",
+    "no clear change": "no clear change at this sample size",
+}
+
+
+def summarise(console: Console, results: dict[str, Any], reward: str, run_dir: Path) -> None:
+    """The end of a run: before → after per split with the 95% interval and a plain verdict, then where to look."""
+    for name, change in results.get("change", {}).items():
+        before, after = results["before"][name], results["after"][name]
+        seeds = len(results["sampler"]["seeds"])
         console.print(
-            f"{name:>8} prompts: reward {before[name]:.4f} → {after[name]:.4f} ({after[name] - before[name]:+.4f})"
+            f"{SPLIT_NAMES[name]} ({change['n'] // seeds} × {seeds} seeds): {reward} {before:.4f} → {after:.4f}, "
+            f"change {change['mean']:+.4f} ± {change['ci95']:.4f} (95% interval): "
+            f"{VERDICT_SENTENCES[change['verdict']]}",
+            highlight=False,
         )
-    console.print(yaml.safe_dump({"eval": results}, sort_keys=False).rstrip(), style="dim")
+    console.print(f"run folder {run_dir} · HTML report: texforce report {run_dir}", highlight=False)

@@ -1,7 +1,8 @@
-"""DDIM sampling with per-step Gaussian log-probabilities: the policy's actions and their likelihoods.
+"""DDIM sampling: with per-step Gaussian log-probabilities (DDPO's actions and their likelihoods), or as one
+differentiable chain whose last K steps keep their graph (direct reward backprop).
 
-`ddim_step_with_logprob` re-implements `diffusers.DDIMScheduler.step` (diffusers 0.42.1,
-`schedulers/scheduling_ddim.py`) for eta > 0, with three changes:
+`ddim_step` re-implements `diffusers.DDIMScheduler.step` (diffusers 0.42.1, `schedulers/scheduling_ddim.py`) as
+the step's Gaussian (mean, std); `ddim_step_with_logprob` draws or scores a transition with three changes:
 1. timesteps may differ per sample (a (B,) tensor), so one U-Net call can serve several timesteps;
 2. `prev_sample` may be given, to score a recorded transition instead of drawing a new one;
 3. it returns the log-density of `prev_sample` under the step's Gaussian, averaged over latent
@@ -53,25 +54,21 @@ def _alphas(scheduler: DDIMScheduler, timesteps: torch.Tensor, like: torch.Tenso
     return a_t.view(shape).float(), a_prev.view(shape).float()
 
 
-def ddim_step_with_logprob(
+def ddim_step(
     scheduler: DDIMScheduler,
     model_output: torch.Tensor,
     timesteps: torch.Tensor | int,
     sample: torch.Tensor,
     eta: float,
-    prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One stochastic DDIM step x_t -> x_prev. Returns `(prev_sample, log_prob)`, shapes (B, C, h, w), (B,).
+    """The Gaussian of one DDIM step x_t -> x_prev: its mean (B, C, h, w) and std (B, 1, 1, 1), in fp32.
 
-    If `prev_sample` is None a new one is drawn (noise from `generator`, made on the generator's device so
-    that a seed gives the same chain on any device); otherwise the given transition is scored.
-    Computation is in fp32 whatever the model's dtype.
+    Differentiable in `model_output` and `sample`; with eta = 0 the std is 0 and the step is deterministic.
     """
     if scheduler.num_inference_steps is None:
         raise ValueError("call scheduler.set_timesteps(num_steps) first")
     if scheduler.config.thresholding:
-        raise TexforceError("DDIM thresholding is not supported with log-probabilities")
+        raise TexforceError("DDIM thresholding is not supported")
     sample32, output32 = sample.float(), model_output.float()
     if not torch.is_tensor(timesteps):
         timesteps = torch.full((sample.shape[0],), int(timesteps), device=sample.device)
@@ -97,16 +94,34 @@ def ddim_step_with_logprob(
 
     # 2. sigma_t (eq. 16) and the mean of x_prev
     variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-    std = eta * variance.sqrt()
+    std = eta * variance.clamp(min=0).sqrt()
     mean = a_prev.sqrt() * pred_x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * pred_eps
+    return mean, std
 
-    # 3. draw x_prev, or score the given one
-    if prev_sample is None:
-        noise_device = generator.device if generator is not None else sample.device
-        noise = torch.randn(sample32.shape, generator=generator, device=noise_device).to(sample.device)
-        prev32 = mean + std * noise
-    else:
-        prev32 = prev_sample.float()
+
+def _noise_like(sample: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like `sample`, made on the generator's device (a seed gives the same chain
+    on any device), in fp32 on `sample`'s device."""
+    noise_device = generator.device if generator is not None else sample.device
+    return torch.randn(sample.shape, generator=generator, device=noise_device).to(sample.device)
+
+
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    timesteps: torch.Tensor | int,
+    sample: torch.Tensor,
+    eta: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stochastic DDIM step x_t -> x_prev. Returns `(prev_sample, log_prob)`, shapes (B, C, h, w), (B,).
+
+    If `prev_sample` is None a new one is drawn (noise from `generator`); otherwise the given transition is
+    scored. Computation is in fp32 whatever the model's dtype; eta must be > 0.
+    """
+    mean, std = ddim_step(scheduler, model_output, timesteps, sample, eta)
+    prev32 = mean + std * _noise_like(mean, generator) if prev_sample is None else prev_sample.float()
     log_prob = -((prev32.detach() - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI
     log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
     return prev32.to(sample.dtype), log_prob
@@ -141,11 +156,12 @@ def guided_noise_fn(
 
     The negative and positive branches run as one U-Net batch of 2B, as diffusers does at inference.
     Without `negative_embeds` (guidance disabled) only the positive branch runs.
+    Guidance applies when `guidance_scale` > 1, as in diffusers.
     """
     dtype = next(unet.parameters()).dtype
 
     def predict(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        if negative_embeds is None:
+        if negative_embeds is None or guidance_scale <= 1:
             return unet(latents.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype)).sample
         output = unet(
             torch.cat([latents, latents]).to(dtype),
@@ -183,12 +199,58 @@ def sample_latents(
     return torch.stack(all_latents, dim=1), torch.stack(all_log_probs, dim=1), scheduler.timesteps.clone()
 
 
+def denoise(
+    predict: NoisePredictor,
+    scheduler: DDIMScheduler,
+    initial_latents: torch.Tensor,
+    num_steps: int,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    grad_steps: int = 0,
+    checkpoint: bool = False,
+) -> torch.Tensor:
+    """The DDIM chain from `initial_latents` to the final latents (B, C, h, w), without log-probabilities.
+
+    The first `num_steps - grad_steps` steps run without a graph; the last `grad_steps` keep theirs, so a loss on
+    the result reaches whatever `predict` depends on (DRaFT-K; K = 0: no graph at all). With `checkpoint`, each
+    of those U-Net calls is recomputed in the backward pass instead of storing its activations. With eta > 0
+    the noise comes from `generator` and is a constant of the graph (the reparameterised sample).
+    """
+    scheduler.set_timesteps(num_steps, device=initial_latents.device)
+    latents = initial_latents * scheduler.init_noise_sigma
+    first_graph_step = num_steps - grad_steps
+
+    def step(latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        timesteps = t.expand(latents.shape[0])
+        output = predict(scheduler.scale_model_input(latents, t), timesteps)
+        mean, std = ddim_step(scheduler, output, timesteps, latents, eta)
+        return mean if noise is None else mean + std * noise
+
+    for index, t in enumerate(scheduler.timesteps):
+        noise = _noise_like(latents, generator) if eta > 0 else None
+        if index < first_graph_step:
+            with torch.no_grad():
+                latents = step(latents, t, noise)
+        elif checkpoint:
+            latents = torch.utils.checkpoint.checkpoint(step, latents, t, noise, use_reentrant=False)
+        else:
+            latents = step(latents, t, noise)
+    return latents
+
+
+def decode(vae: torch.nn.Module, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """VAE-decode latents (B, C, h, w) to images (B, 3, H, W) in [0, 1], fp32, keeping the graph (optionally
+    recomputed in the backward pass)."""
+    dtype = next(vae.parameters()).dtype
+
+    def run(latents: torch.Tensor) -> torch.Tensor:
+        decoded = vae.decode(latents.to(dtype) / vae.config.scaling_factor).sample
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+    return torch.utils.checkpoint.checkpoint(run, latents, use_reentrant=False) if checkpoint else run(latents)
+
+
 @torch.no_grad()
 def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
     """VAE-decode latents (B, C, h, w) to images (B, 3, H, W) in [0, 1], fp32, in chunks to bound memory."""
-    dtype = next(vae.parameters()).dtype
-    images = []
-    for chunk in latents.split(chunk_size):
-        decoded = vae.decode(chunk.to(dtype) / vae.config.scaling_factor).sample
-        images.append((decoded.float() / 2 + 0.5).clamp(0, 1))
-    return torch.cat(images)
+    return torch.cat([decode(vae, chunk) for chunk in latents.split(chunk_size)])

@@ -1,4 +1,4 @@
-"""`texforce rewards`: list the registered rewards."""
+"""`texforce rewards`: list the registered rewards, marking those direct backprop can train on."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from texforce.rewards import REWARD_DESCRIPTIONS, REWARDS
+    from texforce.rewards import REWARDS
 
     width = max(map(len, REWARDS))
-    for name in REWARDS:
-        print(f"{name:<{width}}  {REWARD_DESCRIPTIONS.get(name, '')}")
-    print("\ncombine with weights: jpeg_compressibility:1.0+aesthetic:0.5")
+    for name, entry in REWARDS.items():
+        print(f"{name:<{width}}  {'∇' if entry.differentiable else ' '}  {entry.description}")
+    print("\n∇: differentiable, usable with train.algorithm=backprop (every reward works with ddpo)")
+    print("combine with weights: jpeg_compressibility:1.0+aesthetic:0.5")
     return 0

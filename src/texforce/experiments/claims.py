@@ -13,21 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from texforce.evaluation import AdapterSetup
-from texforce.experiments.harness import (
-    Estimate,
-    Settings,
-    across_seeds,
-    arm_config,
-    compare,
-    estimate,
-    evaluate,
-    lora,
-    train_arm,
-)
+from texforce.experiments.harness import Settings, across_seeds, arm_config, evaluate, lora, train_arm
 from texforce.experiments.page import prompt_list, table
 from texforce.export import fuse_adapter_files
 from texforce.prompts import load_prompt_set
 from texforce.report import line_chart
+from texforce.stats import Estimate, compare, estimate
 
 
 @contextmanager

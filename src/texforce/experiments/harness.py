@@ -7,7 +7,6 @@ Judging uses `texforce.evaluation.run_eval` on held-out prompts with fixed evalu
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import shutil
@@ -20,12 +19,9 @@ import torch
 from texforce.config import RunConfig, load_config
 from texforce.errors import TexforceError
 from texforce.evaluation import AdapterSetup, Summary, run_eval
+from texforce.stats import Estimate, estimate
 
 EVAL_SEED = 1000  # evaluation seeds EVAL_SEED, EVAL_SEED+1, …: disjoint from the training seeds 0, 1, 2, …
-
-# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); beyond 30 the normal 1.96.
-T_95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131]
-T_95 += [2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
 @dataclass(frozen=True)
@@ -137,40 +133,9 @@ def lora(run_dir: Path) -> Path:
     return run_dir / "lora"
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """Mean of `n` values with a two-sided 95% Student-t interval (half-width `ci`; 0 when n = 1)."""
-
-    mean: float
-    ci: float
-    n: int
-
-    def __str__(self) -> str:
-        return f"{self.mean:.4f} ± {self.ci:.4f}" if self.n > 1 else f"{self.mean:.4f}"
-
-
-def estimate(values: Sequence[float]) -> Estimate:
-    n = len(values)
-    mean = sum(values) / n
-    if n == 1:
-        return Estimate(mean, 0.0, 1)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = T_95[n - 2] if n - 1 <= len(T_95) else 1.96
-    return Estimate(mean, t * std / math.sqrt(n), n)
-
-
 def across_seeds(summaries: dict[tuple[str, str], Summary], labels: Sequence[str], reward: str) -> Estimate:
     """Mean ± 95% t-interval across training seeds of the per-seed mean scores (one label per seed)."""
     return estimate([summaries[(label, reward)].mean for label in labels])
-
-
-def compare(a: Estimate, b: Estimate) -> str:
-    """'higher' / 'lower' when the two 95% intervals do not overlap, else 'no clear difference'."""
-    if a.mean - a.ci > b.mean + b.ci:
-        return "higher"
-    if a.mean + a.ci < b.mean - b.ci:
-        return "lower"
-    return "no clear difference"
 
 
 def machine() -> str:

@@ -1,112 +1,104 @@
-"""Reward registry: the names users type, mapped to factories that build a `RewardFn`.
+"""Reward registry: the names users type, each a row of `REWARDS` — its factory, what it scores, and whether it
+has a gradient (direct reward backprop needs one).
 
-A new reward is one module in this package plus one line in `REWARDS`. Factories take the device and
-dtype the scorer should run in and import heavy dependencies inside themselves, so that listing or
+A new reward is one module in this package plus one row here. Factories are `module:function` strings taking the
+device and dtype the scorer should run in; they are imported only when the reward is built, so listing or
 parsing rewards never loads a model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from dataclasses import dataclass
 
 import torch
 
 from texforce.errors import TexforceError
-from texforce.rewards.base import RewardFn, RewardOutput, WeightedReward
-from texforce.rewards.jpeg import JpegCompressibility, JpegIncompressibility
-
-RewardFactory = Callable[[torch.device, torch.dtype], RewardFn]
+from texforce.rewards.base import DifferentiableReward, RewardFn, RewardOutput, WeightedReward
 
 
-def _world_alignment(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.world.reward import WorldAlignmentReward
+@dataclass(frozen=True)
+class RewardEntry:
+    """One registered reward: `factory` ("module:function(device, dtype)"), a one-line description, and whether
+    its score is differentiable in the image pixels."""
 
-    return WorldAlignmentReward()
-
-
-def _clipscore(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.rewards.clip import make_clipscore
-
-    return make_clipscore(device, dtype)
+    factory: str
+    description: str
+    differentiable: bool
 
 
-def _pickscore(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.rewards.clip import make_pickscore
-
-    return make_pickscore(device, dtype)
-
-
-def _aesthetic(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.rewards.clip import make_aesthetic
-
-    return make_aesthetic(device, dtype)
-
-
-def _hpsv2(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.rewards.hps import make_hpsv2
-
-    return make_hpsv2(device, dtype)
-
-
-def _hpsv2_1(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.rewards.hps import make_hpsv2_1
-
-    return make_hpsv2_1(device, dtype)
-
-
-def _imagereward(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.rewards.imagereward import make_imagereward
-
-    return make_imagereward(device, dtype)
-
-
-def _hand(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.rewards.detectors import make_hand
-
-    return make_hand(device, dtype)
-
-
-def _face(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.rewards.detectors import make_face
-
-    return make_face(device, dtype)
-
-
-def _world_clipscore(device: torch.device, dtype: torch.dtype) -> RewardFn:
-    from texforce.world.reward import WorldClipScoreReward
-
-    return WorldClipScoreReward()
-
-
-REWARDS: dict[str, RewardFactory] = {
-    "jpeg_compressibility": lambda device, dtype: JpegCompressibility(),
-    "jpeg_incompressibility": lambda device, dtype: JpegIncompressibility(),
-    "world_alignment": _world_alignment,
-    "world_clipscore": _world_clipscore,
-    "clipscore": _clipscore,
-    "pickscore": _pickscore,
-    "aesthetic": _aesthetic,
-    "hpsv2": _hpsv2,
-    "hpsv2_1": _hpsv2_1,
-    "imagereward": _imagereward,
-    "hand": _hand,
-    "face": _face,
+REWARDS: dict[str, RewardEntry] = {
+    "jpeg_compressibility": RewardEntry(
+        "texforce.rewards.jpeg:make_compressibility",
+        "minus the JPEG size in kB (quality 95); DDPO's compressibility task",
+        False,
+    ),
+    "jpeg_incompressibility": RewardEntry(
+        "texforce.rewards.jpeg:make_incompressibility",
+        "the JPEG size in kB (quality 95); DDPO's incompressibility task",
+        False,
+    ),
+    "world_alignment": RewardEntry(
+        "texforce.world.reward:make_world_alignment",
+        "offline world: exact prompt-image alignment in [0, 1] from scene analysis",
+        False,
+    ),
+    "world_preference": RewardEntry(
+        "texforce.world.reward:make_world_preference",
+        "offline world: learned preference in [0, 1], trained on exactly judged generated images (its ImageReward)",
+        True,
+    ),
+    "world_clipscore": RewardEntry(
+        "texforce.world.reward:make_world_clipscore",
+        "offline world: learned reward, cosine of the world CLIP's image and text embeddings",
+        True,
+    ),
+    "clipscore": RewardEntry(
+        "texforce.rewards.clip:make_clipscore",
+        "cosine of CLIP ViT-L/14 image and prompt embeddings (openai/clip-vit-large-patch14)",
+        True,
+    ),
+    "pickscore": RewardEntry(
+        "texforce.rewards.clip:make_pickscore",
+        "PickScore v1: human preference, exp(logit_scale) * cosine, about 15..25",
+        True,
+    ),
+    "aesthetic": RewardEntry(
+        "texforce.rewards.clip:make_aesthetic",
+        "LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP), about 1..10; ignores the prompt",
+        True,
+    ),
+    "hpsv2": RewardEntry(
+        "texforce.rewards.hps:make_hpsv2",
+        "HPS v2.0 human preference: cosine of its ViT-H-14 image and prompt embeddings, about 0.2..0.35",
+        True,
+    ),
+    "hpsv2_1": RewardEntry(
+        "texforce.rewards.hps:make_hpsv2_1",
+        "HPS v2.1 human preference: as hpsv2, with the authors' retrained v2.1 weights",
+        True,
+    ),
+    "imagereward": RewardEntry(
+        "texforce.rewards.imagereward:make_imagereward",
+        "ImageReward v1.0 human preference (BLIP), standardised: mean 0, std 1 on its data",
+        True,
+    ),
+    "hand": RewardEntry(
+        "texforce.rewards.detectors:make_hand",
+        "hand presence: the best palm-detection confidence in [0, 1] (MediaPipe palm detector)",
+        False,
+    ),
+    "face": RewardEntry(
+        "texforce.rewards.detectors:make_face",
+        "face presence: the best face-detection confidence in [0, 1] (MediaPipe BlazeFace short range)",
+        False,
+    ),
 }
 
-REWARD_DESCRIPTIONS: dict[str, str] = {
-    "jpeg_compressibility": "minus the JPEG size in kB (quality 95); DDPO's compressibility task",
-    "jpeg_incompressibility": "the JPEG size in kB (quality 95); DDPO's incompressibility task",
-    "world_alignment": "offline world: exact prompt-image alignment in [0, 1] from scene analysis",
-    "world_clipscore": "offline world: learned reward, cosine of the world CLIP's image and text embeddings",
-    "clipscore": "cosine of CLIP ViT-L/14 image and prompt embeddings (openai/clip-vit-large-patch14)",
-    "pickscore": "PickScore v1: human preference, exp(logit_scale) * cosine, about 15..25",
-    "aesthetic": "LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP), about 1..10; ignores the prompt",
-    "hpsv2": "HPS v2.0 human preference: cosine of its ViT-H-14 image and prompt embeddings, about 0.2..0.35",
-    "hpsv2_1": "HPS v2.1 human preference: as hpsv2, with the authors' retrained v2.1 weights",
-    "imagereward": "ImageReward v1.0 human preference (BLIP), standardised: mean 0, std 1 on its data",
-    "hand": "hand presence: the best palm-detection confidence in [0, 1] (MediaPipe palm detector)",
-    "face": "face presence: the best face-detection confidence in [0, 1] (MediaPipe BlazeFace short range)",
-}
+
+def differentiable_rewards() -> list[str]:
+    """Names of the rewards direct backprop can train on."""
+    return [name for name, entry in REWARDS.items() if entry.differentiable]
 
 
 def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
@@ -128,10 +120,26 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
     return terms
 
 
+def load_reward(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> RewardFn:
+    """Build the registered reward `name` on `device` in `dtype`."""
+    module, _, function = REWARDS[name].factory.partition(":")
+    return getattr(importlib.import_module(module), function)(torch.device(device), dtype)
+
+
 def build_reward(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WeightedReward:
     """Build the weighted reward described by `spec`, e.g. `jpeg_compressibility:1.0+aesthetic:0.5`."""
-    device = torch.device(device)
-    return WeightedReward([(name, w, REWARDS[name](device, dtype)) for name, w in parse_reward_spec(spec)])
+    return WeightedReward([(name, w, load_reward(name, device, dtype)) for name, w in parse_reward_spec(spec)])
 
 
-__all__ = ["REWARDS", "RewardFn", "RewardOutput", "WeightedReward", "build_reward", "parse_reward_spec"]
+__all__ = [
+    "REWARDS",
+    "DifferentiableReward",
+    "RewardEntry",
+    "RewardFn",
+    "RewardOutput",
+    "WeightedReward",
+    "build_reward",
+    "differentiable_rewards",
+    "load_reward",
+    "parse_reward_spec",
+]

@@ -1,4 +1,4 @@
-"""The contract every reward follows, and the weighted sum that combines several."""
+"""The contract every reward follows, its differentiable form, and the weighted sum that combines several."""
 
 from __future__ import annotations
 
@@ -13,11 +13,31 @@ class RewardFn(Protocol):
     """Scores a batch of images against their prompts.
 
     `images` is a float tensor (B, 3, H, W) with values in [0, 1], on any device; `prompts` has B strings.
-    Returns a float32 tensor (B,) on the CPU; higher is better. Scorers batch internally and never
-    move data to a device they were not built for.
+    Returns a float32 tensor (B,) on the CPU, without a graph; higher is better. Scorers batch internally and
+    never move data to a device they were not built for.
     """
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+class DifferentiableReward:
+    """A reward with a gradient: subclasses implement `differentiable`, and `__call__` is its no-grad, batched
+    form (the scoring path of DDPO, evaluation and `texforce score`, as fast as a plain scorer)."""
+
+    batch_size: int = 16
+
+    def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Scores (B,) on the images' device, graph kept: d score / d pixels flows back through the scorer."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        if images.shape[0] != len(prompts):
+            raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+        size = self.batch_size
+        starts = range(0, len(prompts), size)
+        scores = [self.differentiable(images[i : i + size], prompts[i : i + size]) for i in starts]
+        return torch.cat(scores).float().cpu()
 
 
 @dataclass(frozen=True)
@@ -26,6 +46,14 @@ class RewardOutput:
 
     total: torch.Tensor
     components: dict[str, torch.Tensor]
+
+    @staticmethod
+    def concat(outputs: Sequence[RewardOutput]) -> RewardOutput:
+        """Several batches' outputs as one, in order."""
+        return RewardOutput(
+            total=torch.cat([o.total for o in outputs]),
+            components={name: torch.cat([o.components[name] for o in outputs]) for name in outputs[0].components},
+        )
 
 
 class WeightedReward:
@@ -45,4 +73,22 @@ class WeightedReward:
             raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
         components = {name: fn(images, prompts).float().cpu() for name, _, fn in self.terms}
         total = sum(weight * components[name] for name, weight, _ in self.terms)
+        return RewardOutput(total=total, components=components)
+
+    def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> RewardOutput:
+        """The total (B,) on the images' device with its graph; components detached on the CPU. Terms of weight
+        0 ride along without a gradient (for logging), so they need not be differentiable."""
+        if images.shape[0] != len(prompts):
+            raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+        total = torch.zeros(len(prompts), device=images.device)
+        components = {}
+        for name, weight, fn in self.terms:
+            if weight == 0:
+                components[name] = fn(images.detach(), prompts).float().cpu()
+                continue
+            if not isinstance(fn, DifferentiableReward):
+                raise TypeError(f"reward {name!r} is not differentiable")
+            scores = fn.differentiable(images, prompts).float().to(images.device)
+            total = total + weight * scores
+            components[name] = scores.detach().cpu()
         return RewardOutput(total=total, components=components)

@@ -7,8 +7,9 @@
 | aesthetic   | CLIP-L + LAION MLP head          | MLP(image_embeds / |image_embeds|)  (≈ 1..10)          |
 | hpsv2       | HPS v2/v2.1 (open_clip ViT-H-14) | cos(image, text)  (HPS's own, no logit scale)          |
 
-Scorers run under `torch.no_grad`, in mini-batches of `batch_size`, in the dtype they were built with
-(fp16 on GPU, fp32 on CPU); preprocessing runs in fp32 on the scorer's device.
+Each is a `DifferentiableReward`: `differentiable` keeps the graph (direct reward backprop), `__call__` scores
+under `torch.no_grad` in mini-batches of `batch_size`; both in the dtype the scorer was built with (fp16 on GPU,
+fp32 on CPU), preprocessing in fp32 on the scorer's device.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from transformers import CLIPModel
 
+from texforce.rewards.base import DifferentiableReward
 from texforce.rewards.preprocess import ImageTransform
 from texforce.rewards.weights import WeightFile, locate_weight
 from texforce.tokenizer import build_clip_tokenizer
@@ -95,7 +97,7 @@ class CLIPEmbedder:
         return embeds / embeds.norm(dim=-1, keepdim=True)
 
 
-class CLIPSimilarityReward:
+class CLIPSimilarityReward(DifferentiableReward):
     """`scale * cos(image, text)`; with `use_logit_scale`, scale = exp(logit_scale) (PickScore)."""
 
     def __init__(
@@ -105,21 +107,14 @@ class CLIPSimilarityReward:
         self.use_logit_scale = use_logit_scale
         self.batch_size = batch_size
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        scores = []
-        for start in range(0, len(prompts), self.batch_size):
-            stop = start + self.batch_size
-            image_embeds = self.embedder.embed_images(images[start:stop])
-            text_embeds = self.embedder.embed_texts(prompts[start:stop])
-            scores.append((image_embeds * text_embeds).sum(-1).float())
-        cosine = torch.cat(scores)
+    def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        cosine = (self.embedder.embed_images(images) * self.embedder.embed_texts(prompts)).sum(-1).float()
         if self.use_logit_scale:
-            return (self.embedder.model.logit_scale.exp().float() * cosine).cpu()
-        return cosine.cpu()
+            cosine = self.embedder.model.logit_scale.exp().float() * cosine
+        return cosine.to(images.device)
 
 
-class AestheticReward:
+class AestheticReward(DifferentiableReward):
     """LAION aesthetic predictor v2: `MLPHead` on the unit CLIP ViT-L/14 image embedding. Ignores prompts."""
 
     def __init__(self, embedder: CLIPEmbedder, head: MLPHead, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
@@ -127,13 +122,8 @@ class AestheticReward:
         self.head = head.eval().requires_grad_(False).to(embedder.device, embedder.dtype)
         self.batch_size = batch_size
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        scores = [
-            self.head(self.embedder.embed_images(images[start : start + self.batch_size])).float()
-            for start in range(0, images.shape[0], self.batch_size)
-        ]
-        return torch.cat(scores).cpu()
+    def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return self.head(self.embedder.embed_images(images)).float().to(images.device)
 
 
 def load_clip_model(path: Path, device: torch.device, dtype: torch.dtype) -> CLIPModel:

@@ -30,6 +30,7 @@ from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig
 from transformers.models.blip.modeling_blip import BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextModel
 
+from texforce.rewards.base import DifferentiableReward
 from texforce.rewards.clip import DEFAULT_BATCH_SIZE, MLPHead
 from texforce.rewards.preprocess import ImageTransform
 from texforce.rewards.weights import WeightFile, locate_weight
@@ -146,7 +147,7 @@ def build_blip_tokenizer(vocab_file: Path) -> BertTokenizer:
     return tokenizer
 
 
-class ImageReward:
+class ImageReward(DifferentiableReward):
     """The ImageReward score (r - mean) / std for a batch of images and prompts."""
 
     def __init__(
@@ -157,23 +158,18 @@ class ImageReward:
         self.transform = ImageTransform(size=model.visual_encoder.config.image_size, mode="crop_round")
         self.batch_size = batch_size
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         parameter = next(self.model.parameters())
-        scores = []
-        for start in range(0, len(prompts), self.batch_size):
-            stop = start + self.batch_size
-            pixel_values = self.transform(images[start:stop].to(parameter.device, torch.float32))
-            tokens = self.tokenizer(
-                list(prompts[start:stop]),
-                padding="max_length",
-                truncation=True,
-                max_length=IMAGEREWARD_MAX_LENGTH,
-                return_tensors="pt",
-            ).to(parameter.device)
-            raw = self.model(pixel_values.to(parameter.dtype), tokens.input_ids, tokens.attention_mask)
-            scores.append((raw.float() - REWARD_MEAN) / REWARD_STD)
-        return torch.cat(scores).cpu()
+        pixel_values = self.transform(images.to(parameter.device, torch.float32))
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=IMAGEREWARD_MAX_LENGTH,
+            return_tensors="pt",
+        ).to(parameter.device)
+        raw = self.model(pixel_values.to(parameter.dtype), tokens.input_ids, tokens.attention_mask)
+        return ((raw.float() - REWARD_MEAN) / REWARD_STD).to(images.device)
 
 
 def load_imagereward_model(path: Path, device: torch.device, dtype: torch.dtype) -> ImageRewardModel:

@@ -36,3 +36,11 @@ class JpegIncompressibility:
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return jpeg_size_kb(images)
+
+
+def make_compressibility(device: torch.device, dtype: torch.dtype) -> JpegCompressibility:
+    return JpegCompressibility()
+
+
+def make_incompressibility(device: torch.device, dtype: torch.dtype) -> JpegIncompressibility:
+    return JpegIncompressibility()

@@ -29,8 +29,8 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
+from texforce.architectures import assemble_pipeline
 from texforce.errors import TexforceError
-from texforce.models import assemble_pipeline
 from texforce.world.clip import WorldClip, build_image_encoder, build_text_encoder
 from texforce.world.reward import WorldAlignmentReward
 from texforce.world.scenes import BACKGROUND, render_pool

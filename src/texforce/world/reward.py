@@ -1,4 +1,5 @@
-"""Rewards of the offline world: the exact `world_alignment` and the learned `world_clipscore`.
+"""Rewards of the offline world: the exact `world_alignment`, and the learned, differentiable `world_preference`
+(the world's ImageReward, see preference.py) and `world_clipscore`.
 
 `world_alignment` parses the prompt into a `SceneSpec`, finds the objects in the image (nearest-palette
 colour segmentation, connected components, a template-IoU shape classifier) and returns the fraction of
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from texforce.errors import TexforceError
+from texforce.rewards.base import DifferentiableReward
 from texforce.world.scenes import (
     BACKGROUND,
     COLORS,
@@ -172,7 +174,7 @@ class WorldAlignmentReward:
         return torch.tensor(scores, dtype=torch.float32)
 
 
-class WorldClipScoreReward:
+class WorldClipScoreReward(DifferentiableReward):
     """Learned reward: cosine similarity of the world CLIP's image and text embeddings, in [-1, 1].
 
     Uses the shipped image tower (`clip_dir`) and the text tower of the world pipeline (`model_dir`).
@@ -183,11 +185,44 @@ class WorldClipScoreReward:
         from texforce.world.clip import load_world_clip
 
         self.clip = load_world_clip(model_dir, clip_dir)
+        self.batch_size = 256
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        image_embeds = self.clip.embed_images(images.float().cpu())
+        with torch.no_grad():
+            text_embeds = self.clip.embed_texts(list(prompts))
+        return (image_embeds * text_embeds).sum(-1).float().to(images.device)
+
+
+class WorldPreferenceReward(DifferentiableReward):
+    """The world's ImageReward: a small image+text network trained on exactly judged generated images, in [0, 1].
+
+    Reads the prompt with the frozen text tower of the world pipeline (`model_dir`); the network is in
+    `preference_dir` (default: the shipped one).
+    """
+
+    def __init__(self, preference_dir: str | Path | None = None, model_dir: str | Path | None = None) -> None:
+        from texforce.world import PREFERENCE_DIR
+        from texforce.world.preference import TextStates, load_preference_model
+
+        self.model = load_preference_model(Path(preference_dir or PREFERENCE_DIR))
+        self.text = TextStates(model_dir)
+        self.batch_size = 256
+
+    def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         if images.shape[0] != len(prompts):
             raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
-        image_embeds = self.clip.embed_images(images.float().cpu())
-        text_embeds = self.clip.embed_texts(list(prompts))
-        return (image_embeds * text_embeds).sum(-1).float()
+        states, mask = self.text(prompts)
+        return self.model(images.float().cpu(), states, mask).to(images.device)
+
+
+def make_world_alignment(device: torch.device, dtype: torch.dtype) -> WorldAlignmentReward:
+    return WorldAlignmentReward()
+
+
+def make_world_clipscore(device: torch.device, dtype: torch.dtype) -> WorldClipScoreReward:
+    return WorldClipScoreReward()
+
+
+def make_world_preference(device: torch.device, dtype: torch.dtype) -> WorldPreferenceReward:
+    return WorldPreferenceReward()

@@ -1,0 +1,116 @@
+"""Direct reward backprop (DRaFT-K, Clark et al. 2024; AlignProp, Prabhudesai et al. 2023): the official TexForce
+release's path for SD-Turbo and SDXL-Turbo, "with ImageReward feedback through direct back-propagation".
+
+Per micro-batch: sample with the current policy (deterministic DDIM by default), keeping the graph of the last K
+steps only; decode with the VAE; score with a differentiable reward; back-propagate −reward into the LoRA weights.
+The embeddings condition every step, so the earlier steps use them too, without a graph: that truncation is
+DRaFT's bias-for-memory trade. K = 1 is DRaFT-1; `random_truncation` draws K per micro-batch (AlignProp).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from texforce.algorithms import EpochStats
+from texforce.checkpoint import kill_point
+from texforce.distributed import batch_generator, gather_reward, mean_over_processes
+from texforce.rewards import RewardOutput
+from texforce.sampling import decode, denoise
+
+if TYPE_CHECKING:
+    from texforce.trainer import Trainer
+
+GRID_SIZE = 16
+
+
+class RewardBackprop:
+    """Gradient ascent on the reward of freshly sampled images (config section `backprop`)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        c = trainer.config
+        micro_batches = c.samples_per_epoch_per_device // c.train.batch_size_per_device
+        self.steps_per_epoch = micro_batches // c.train.gradient_accumulation_steps
+
+    def run_epoch(self, epoch: int, generator: torch.Generator) -> EpochStats:
+        t, c = self.trainer, self.trainer.config
+        timer = time.perf_counter()
+        prompts = t.draw_prompts(generator)  # the whole epoch's, every process's
+        micro = c.train.batch_size_per_device
+        num_micro_batches = len(prompts) // micro
+        truncations = self.truncations(num_micro_batches, generator)  # K of each global micro-batch
+        mine = t.my_micro_batches(num_micro_batches)
+        history: dict[str, list[float]] = defaultdict(list)
+        rewards, images = [], []
+        task = t.log.progress("training", len(mine))
+        for index, j in enumerate(mine):
+            batch = prompts[j * micro : (j + 1) * micro]
+            # SAMPLE (graph of the last K steps) → REWARD → BACKWARD, accumulated over micro-batches
+            reward, pictures = self.train_micro_batch(batch, batch_generator(c.seed, epoch, j), truncations[j], epoch)
+            rewards.append(reward)
+            images.append(pictures[: max(0, GRID_SIZE - sum(len(i) for i in images))])
+            if (index + 1) % c.train.gradient_accumulation_steps == 0:
+                norm = t.optimizer_step()
+                history["grad_norm" if np.isfinite(norm) else "skipped_steps"].append(norm)
+                kill_point("update", epoch + 1)
+            task()
+        t.log.done(task)
+        reward = gather_reward(t.dist, RewardOutput.concat(rewards))
+        finite = torch.isfinite(reward.total).numpy()
+        history["num_grad_steps"] = [float(truncations[j]) for j in mine]
+        skipped = len(history.pop("skipped_steps", []))
+        update = mean_over_processes(t.dist, {key: float(np.mean(values)) for key, values in history.items()})
+        return EpochStats(
+            rewards=reward.total.numpy(),
+            components={k: v.numpy() for k, v in reward.components.items()},
+            update={**update, "loss": -float(np.mean(reward.total.numpy()[finite]))},
+            faults={"dropped_samples": int((~finite).sum()), "skipped_steps": skipped},
+            seconds={"train": time.perf_counter() - timer},
+            images=torch.cat(images),
+            prompts=[p for j in mine for p in prompts[j * micro : (j + 1) * micro]][:GRID_SIZE],
+        )
+
+    def truncations(self, num_micro_batches: int, generator: torch.Generator) -> list[int]:
+        """K for each global micro-batch: `backprop.num_grad_steps`, or uniform in 1..K with random truncation."""
+        b = self.trainer.config.backprop
+        if not b.random_truncation:
+            return [b.num_grad_steps] * num_micro_batches
+        return (torch.randint(1, b.num_grad_steps + 1, (num_micro_batches,), generator=generator)).tolist()
+
+    def train_micro_batch(
+        self, prompts: list[str], generator: torch.Generator, num_grad_steps: int, epoch: int
+    ) -> tuple[RewardOutput, torch.Tensor]:
+        """Accumulate the gradient of −mean reward of one micro-batch; returns its rewards and images (CPU)."""
+        t, c = self.trainer, self.trainer.config
+        policy, checkpoint = t.policy, c.backprop.gradient_checkpointing
+        predict = policy.conditioned_predictor(policy.tokenize(prompts))  # graph into the LoRA weights
+        noise = policy.initial_noise(len(prompts), generator)
+        latents = denoise(
+            predict,
+            policy.scheduler,
+            noise.to(policy.device),
+            c.sample.num_steps,
+            c.sample.eta,
+            generator,
+            grad_steps=num_grad_steps,
+            checkpoint=checkpoint,
+        )
+        images = decode(policy.vae, latents, checkpoint=checkpoint)  # (b, 3, H, W), graph kept
+        reward = t.reward_fn.differentiable(images, prompts)
+        finite = torch.isfinite(reward.total.detach()).cpu()
+        t.finite_rewards(reward.total.detach().cpu(), epoch + 1)  # stops before the backward if too many are bad
+        scale = 1.0 / (len(prompts) * c.train.gradient_accumulation_steps)
+        (-reward.total[finite.to(reward.total.device)].sum() * scale).backward()
+        total = reward.total.detach().float().cpu()
+        return RewardOutput(total=total, components=reward.components), images.detach().cpu()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
