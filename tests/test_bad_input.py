@@ -3,27 +3,40 @@
 The CLI runs in-process (`main(argv)`); `test_cli.py` checks the same contract through real subprocesses.
 """
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_overrides
+from PIL import Image
 
 from texforce.architectures import build_tiny_pipeline
 from texforce.cli.main import main
 from texforce.config import LoraConfig, load_config, save_config
 from texforce.export import save_adapters
 from texforce.models import add_lora, load_pipeline
+from texforce.run import run_lock
 
 
 def fails(capsys, argv: list[str], message: str) -> str:
-    """Run the CLI; assert exit code 2 and exactly one error line containing `message`."""
+    """Run the CLI; assert exit code 2 and that stderr is exactly one error line containing `message`."""
     assert main(argv) == 2
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("texforce ")]
-    assert len(lines) == 1 and ": error: " in lines[0] and message in lines[0], err
-    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("texforce ") and ": error: " in lines[0], err
+    assert message in lines[0], err
     return lines[0]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Make loading a model fail the test: the error must come before any work."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the error")
+
+    monkeypatch.setattr("texforce.models.prepare_pipeline", refuse)
 
 
 def train_fails(capsys, tiny_model_dir, tmp_path, message: str, *overrides: str) -> None:
@@ -116,6 +129,54 @@ def test_unknown_reward(capsys, tiny_model_dir, tmp_path):
     train_fails(capsys, tiny_model_dir, tmp_path, "unknown reward 'jpeg'; valid rewards:", "reward=jpeg")
 
 
+def test_non_world_prompts_with_a_world_reward(capsys, tiny_model_dir, tmp_path):
+    """Was: found only after a whole sampling epoch, leaving config.yaml and an empty eval.json behind."""
+    prompts = tmp_path / "animals.txt"
+    prompts.write_text("two red circles\na photo of a cat\n")
+    message = (
+        "prompts.train: reward world_alignment cannot score 1 of the 2 prompts, e.g. 'a photo of a cat'; it reads "
+        "only world prompts such as 'a red circle'"
+    )
+    train_fails(capsys, tiny_model_dir, tmp_path, message, f"prompts.train={prompts}", "reward=world_alignment")
+
+
+def test_non_world_prompts_with_a_world_judge(capsys, tiny_model_dir, tmp_path):
+    message = "prompts.train: reward world_alignment cannot score 45 of the 45 prompts, e.g. 'A photo of a cat'"
+    train_fails(capsys, tiny_model_dir, tmp_path, message, "eval.reward=world_alignment")  # animals
+
+
+def test_sample_a_non_world_prompt_with_the_world_reward(capsys, tmp_path, no_model):
+    message = "reward world_alignment cannot score 1 of the 1 prompts, e.g. 'a photo of a hand'"
+    line = fails(capsys, ["sample", "--prompt", "a photo of a hand", "-o", str(tmp_path / "hand.png")], message)
+    assert line.endswith("; --reward none samples them unscored")
+
+
+def test_eval_non_world_prompts_with_the_world_reward(capsys, tmp_path, no_model):
+    argv = ["eval", "--prompts", "animals", "--reward", "world_preference", "-o", str(tmp_path / "eval")]
+    fails(capsys, argv, "the eval prompts: reward world_preference cannot score 9 of the 9 prompts")
+
+
+def test_score_a_non_world_prompt_with_the_world_reward(capsys, tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (64, 64)).save(image)
+    fails(capsys, ["score", str(image), "--prompt", "a cat"], "--prompt: reward world_alignment cannot score")
+
+
+def test_world_rewards_judge_the_world_models_image_size():
+    from texforce.rewards import image_size
+    from texforce.world.scenes import IMAGE_SIZE
+
+    assert image_size("jpeg_compressibility:1+world_preference:0.5") == IMAGE_SIZE and image_size("clipscore") is None
+
+
+def test_score_a_grid_with_a_world_reward(capsys, tmp_path):
+    """Was: a grid scored 0.0 without a word (the reward judges single 64×64 images)."""
+    grid = tmp_path / "grid.png"
+    Image.new("RGB", (256, 300)).save(grid)
+    message = f"{grid} is 256×300, not square: world_alignment judges single 64×64 images (a grid? score the images"
+    fails(capsys, ["score", str(grid), "--prompt", "two red circles"], message)
+
+
 # ------------------------------------------------------------------ models and adapters
 def test_base_model_folder_without_pipeline(capsys, tiny_model_dir, tmp_path):
     not_a_model = tmp_path / "not_a_model"
@@ -142,23 +203,62 @@ def adapters(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     return made
 
 
+def misfit(adapter: Path, base: Path) -> str:
+    """The one line naming the base the `other` adapter was trained on, the one it was given, and torch's cause."""
+    return (
+        f"adapter {adapter / 'text_encoder'} was trained on {adapter.parent / 'other_base'} and does not fit the "
+        f"CLIPTextModel of the given base {base}: size mismatch for "
+    )
+
+
 def test_sample_with_an_adapter_of_another_base(capsys, tiny_model_dir, tmp_path, adapters):
     out = tmp_path / "x.png"
-    argv = [
-        "sample",
-        "--model",
-        str(tiny_model_dir),
-        "--text-lora",
-        str(adapters["other"]),
-        "--prompt",
-        "a cat",
-        "--steps",
-        "2",
-        "-o",
-        str(out),
-    ]
-    fails(capsys, argv, "does not fit this CLIPTextModel (another base model?)")
+    argv = ["sample", "--model", str(tiny_model_dir), "--text-lora", str(adapters["other"]), "--prompt", "a cat"]
+    fails(capsys, [*argv, "--steps", "2", "-o", str(out)], misfit(adapters["other"], tiny_model_dir))
     assert not out.exists()
+
+
+def test_eval_with_an_adapter_of_another_base_fails_before_rendering(
+    capsys, tiny_model_dir, tmp_path, adapters, monkeypatch
+):
+    """Was: the base configuration rendered for 14 minutes, then the adapter failed with its cause cut off."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rendered before the adapters were checked")
+
+    monkeypatch.setattr("texforce.evaluation.render", refuse)
+    configs = ["--config", "base", "--config", f"text={adapters['r4']}", "--config", f"text={adapters['other']}"]
+    argv = ["eval", "--model", str(tiny_model_dir), *configs, "-o", str(tmp_path / "eval")]
+    fails(capsys, argv, misfit(adapters["other"], tiny_model_dir))
+    assert not (tmp_path / "eval").exists()
+
+
+def test_sample_with_a_missing_adapter(capsys, tmp_path, no_model):
+    """Was the README's `--text-lora runs/X/text_encoder_lora`: runs write their adapters to RUN/lora."""
+    missing = tmp_path / "text_encoder_lora"
+    argv = ["sample", "--text-lora", str(missing), "--prompt", "two red circles", "-o", str(tmp_path / "x.png")]
+    fails(capsys, argv, f"--text-lora {missing}: adapter not found (a run's final adapters are in RUN/lora)")
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["sample", "--prompt", "two red circles", "--output", "{blocked}/x.png"],
+        ["eval", "--output", "{blocked}/eval"],
+        ["fuse", "{adapter}", "--output", "{blocked}/fused"],
+        ["score", "{image}", "--prompt", "two red circles", "--csv", "{blocked}/scores.csv"],
+    ],
+    ids=["sample", "eval", "fuse", "score"],
+)
+def test_output_into_an_unwritable_folder(capsys, tmp_path, adapters, no_model, verb):
+    """Was: `sample` raised OSError with a traceback after 116 s of sampling."""
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (64, 64)).save(image)
+    argv = [a.format(blocked=blocked, adapter=adapters["r4"], image=image) for a in verb]
+    what = "the eval output" if verb[0] == "eval" else argv[-2]
+    fails(capsys, argv, f"cannot write to {what} {argv[-1]}: {blocked} is not a folder")
 
 
 def test_fuse_adapters_of_different_rank(capsys, tiny_model_dir, tmp_path, adapters):
@@ -170,13 +270,19 @@ def test_fuse_adapters_of_different_rank(capsys, tiny_model_dir, tmp_path, adapt
 
 def test_fuse_adapters_of_different_base(capsys, tiny_model_dir, tmp_path, adapters):
     out = tmp_path / "fused"
-    argv = ["fuse", str(adapters["r4"]), str(adapters["other"]), "--model", str(tiny_model_dir), "-o", str(out)]
-    fails(capsys, argv, "another base model?")
+    argv = ["fuse", str(adapters["r4"]), str(adapters["other"]), "-o", str(out)]  # the base: the first adapter's
+    fails(capsys, argv, misfit(adapters["other"], tiny_model_dir))
     assert not out.exists()
 
 
 def test_missing_config_file(capsys, tmp_path):
     fails(capsys, ["train", str(tmp_path / "no_such_config.yaml")], "config not found")
+
+
+def test_shipped_config_given_as_a_path(capsys):
+    """Was the `--help` example `texforce train configs/sd15_jpeg.yaml`."""
+    message = "config not found: configs/sd15_jpeg.yaml is not a file; the shipped config is named sd15_jpeg"
+    fails(capsys, ["train", "configs/sd15_jpeg.yaml"], message)
 
 
 def test_sample_output_not_png(capsys, tmp_path):
@@ -201,3 +307,16 @@ def test_resume_with_another_config(capsys, tiny_model_dir, tmp_path):
 
 def test_resume_of_a_folder_that_is_no_run(capsys, tmp_path):
     fails(capsys, ["train", "--resume", str(tmp_path)], "not a run folder (no config.yaml)")
+
+
+def test_resume_of_a_run_another_process_trains_in(capsys, tiny_model_dir, tmp_path, monkeypatch):
+    """Was: a resumed run beside a still-running one duplicated epochs in metrics.jsonl."""
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(None, tiny_overrides(tiny_model_dir, tmp_path)), run / "config.yaml")
+    monkeypatch.setattr("texforce.trainer.Policy", lambda *a: pytest.fail("a model was loaded before the error"))
+    with run_lock(run):  # as the other process holds it
+        owner = (run / ".lock").read_text().strip()
+        message = f"run folder {run} is in use by {owner}, which is training in it; wait for it to end or stop it"
+        fails(capsys, ["train", "--resume", str(run)], message)
+    assert owner.startswith(f"process {os.getpid()} on ")

@@ -1,5 +1,7 @@
 """Checkpoints are complete or absent: a crash mid-write never leaves one that looks valid."""
 
+import re
+
 import pytest
 import torch
 
@@ -33,13 +35,23 @@ def test_crash_while_writing_leaves_previous_intact(tmp_path):
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint_00001"]
 
 
+def disk_full(folder):
+    raise OSError(28, "No space left on device")
+
+
 def test_unwritable_folder_is_a_clear_error(tmp_path):
     write_checkpoint(tmp_path, 1, {"epoch": 1}, write_adapter, keep=3)
-
-    def disk_full(folder):
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(TexforceError, match=r"No space left on device.*previous checkpoint is intact"):
+    resume = re.escape(f"texforce train --resume {tmp_path}")
+    message = rf"No space left on device\); the last checkpoint is intact: {resume}$"
+    with pytest.raises(TexforceError, match=message):
         write_checkpoint(tmp_path, 2, {"epoch": 2}, disk_full, keep=3)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint_00001"]
     assert not (tmp_path / "checkpoints" / "checkpoint_00002.tmp").exists()
+
+
+def test_disk_full_before_the_first_checkpoint_claims_no_previous_one(tmp_path):
+    with pytest.raises(
+        TexforceError, match=r"No space left on device\); no checkpoint was written yet: start the run"
+    ):
+        write_checkpoint(tmp_path, 1, {"epoch": 1}, disk_full, keep=3)
+    assert not complete_checkpoints(tmp_path)

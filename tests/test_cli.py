@@ -1,6 +1,7 @@
 """The `texforce` command line: each verb end to end on the tiny model, and one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from texforce.cli.main import main
+from texforce.images import MIN_CAPTIONED_SIDE
 
 
 def test_rewards_lists_registry(capsys):
@@ -42,14 +44,18 @@ def test_train_writes_a_complete_run(tiny_model_dir, tmp_path, capsys):
     assert {"reward_mean", "reward/jpeg_compressibility_mean", "ppo/approx_kl", "ppo/clipfrac", "lr/group0",
             "time/sample_s", "faults/dropped_samples"} <= set(scalars)  # fmt: skip
     assert [e.step for e in events.Scalars("reward_mean")] == [1, 2]
+    for grid in ("epoch_00002", "eval_before_train", "eval_after_heldout"):  # every grid: each tile's score, prompt
+        captions = Image.open(run / "samples" / f"{grid}.png").text["Description"].splitlines()
+        assert captions and all(re.fullmatch(r"-\d+\.\d{3} · A photo of an? \w+", c) for c in captions), captions
     assert len(events.Images("samples")) == 2 and "A photo of a" in str(events.Tensors("samples/text_summary")[0])
 
 
-def test_sample_stacks_text_and_unet_adapters(tiny_model_dir, tmp_path):
+def test_sample_stacks_text_and_unet_adapters(tiny_model_dir, tmp_path, capsys):
     assert (
         main(["train", "--quiet", *tiny_overrides(tiny_model_dir, tmp_path, unet_lora__use=True, train__num_epochs=1)])
         == 0
     )
+    capsys.readouterr()
     lora = tmp_path / "run" / "lora"
     out = tmp_path / "stacked.png"
     args = [
@@ -66,7 +72,13 @@ def test_sample_stacks_text_and_unet_adapters(tiny_model_dir, tmp_path):
         str(out),
     ]
     assert main([*args, "--text-lora", str(lora / "text_encoder"), "--unet-lora", str(lora)]) == 0
-    assert Image.open(out).size == (64, 32)
+    images = [tmp_path / "stacked_p0_s0.png", tmp_path / "stacked_p0_s1.png"]
+    assert capsys.readouterr().out.split() == [str(out), *map(str, images)]
+    assert all(Image.open(path).size == (32, 32) for path in images)  # each image, as rendered
+    grid = Image.open(out)  # and the grid, each tile captioned with its score (the tiny model's reward) and prompt
+    assert grid.width == 2 * MIN_CAPTIONED_SIDE and grid.height > MIN_CAPTIONED_SIDE
+    captions = grid.text["Description"].splitlines()
+    assert len(captions) == 2 and all(re.fullmatch(r"-\d+\.\d{3} · a photo of a cat", c) for c in captions), captions
 
 
 def test_fuse_two_runs(tiny_model_dir, tmp_path):
@@ -96,6 +108,5 @@ def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path):
         env={"HF_HUB_OFFLINE": "1", "PATH": ""},
     )
     assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("texforce")]
-    assert len(errors) == 1 and message in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()  # no library warnings around it
+    assert line.startswith(f"texforce {argv[0]}: error: ") and message in line, result.stderr

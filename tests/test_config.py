@@ -42,7 +42,7 @@ def test_overrides_are_typed():
         ("train.num_epochs=many", "train.num_epochs must be int"),
         ("reward=aesthetics_v9", "unknown reward 'aesthetics_v9'; valid rewards"),
         ("prompts.train=no_such_set", "neither a prompt file nor a built-in set"),
-        ("advantage.mode=global", "advantage.mode must be per_prompt or batch"),
+        ("advantage.mode=global", "advantage.mode must be per_prompt, batch or group"),
         ("model.dtype=fp8", "model.dtype must be bf16, fp16 or fp32"),
         ("train=3", "train must be a section"),
         ("seed", "must look like section.key=value"),
@@ -71,3 +71,9 @@ def test_config_file_errors(tmp_path):
 def test_every_shipped_config_loads_and_validates(name):
     config = load_config(name)
     assert to_dict(load_config(name)) == to_dict(config)
+
+
+def test_group_size_must_divide_the_epoch():
+    with pytest.raises(TexforceError, match=r"advantage.group_size \(5\) must be >= 2 and divide the samples per"):
+        load_config(None, ["advantage.mode=group", "advantage.group_size=5"])
+    assert load_config(None, ["advantage.mode=group", "advantage.group_size=8"]).advantage.group_size == 8

@@ -11,6 +11,7 @@ from texforce.cli.main import main
 from texforce.config import LoraConfig, UNetLoraConfig
 from texforce.evaluation import summarise
 from texforce.export import save_adapters
+from texforce.images import MIN_CAPTIONED_SIDE
 from texforce.models import add_lora, load_pipeline
 
 
@@ -50,7 +51,16 @@ def test_eval_compares_configurations_on_fixed_seeds(tiny_model_dir, adapters, t
     assert [(s["setup"], s["reward"]) for s in summary][:2] == [("base", "jpeg_compressibility"),
                                                                 ("base", "jpeg_incompressibility:2")]  # fmt: skip
     assert all(s["n"] == 4 and s["ci_low"] <= s["mean"] <= s["ci_high"] for s in summary)
-    assert Image.open(out / "grid.png").size == (2 * 32, 4 * 32)  # prompts × configurations
+    grid = Image.open(out / "grid.png")  # prompts × configurations, each tile captioned
+    assert grid.width == 2 * MIN_CAPTIONED_SIDE and grid.height > 4 * MIN_CAPTIONED_SIDE
+    captions = grid.text["Description"].splitlines()
+    first = {(r["config"], r["prompt"], r["reward"]): float(r["score"]) for r in rows if r["seed"] == "0"}
+    assert len(captions) == 8 and captions[0] == (
+        f"base · {first['base', 'A photo of a rabbit', 'jpeg_compressibility']:.3f} | "
+        f"{first['base', 'A photo of a rabbit', 'jpeg_incompressibility:2']:.3f} · A photo of a rabbit"
+    )
+    rows_of_configs = [config for config in configs for _ in range(2)]  # one row of two prompts per configuration
+    assert all(c.startswith(f"{config} · ") for config, c in zip(rows_of_configs, captions, strict=True))
 
 
 def test_eval_is_reproducible(tiny_model_dir, tmp_path):

@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 
 import pytest
 import torch
@@ -95,9 +96,74 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(monkeypatch
     monkeypatch.setattr(checkpoint.torch, "save", save)
     assert main(["train", "--quiet", *tiny_overrides(tiny_model_dir, tmp_path)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("texforce")]
-    assert len(lines) == 1 and "No space left on device" in lines[0] and "previous checkpoint is intact" in lines[0]
+    run = tmp_path / "run"
+    assert lines == [
+        f"texforce train: error: cannot write checkpoint {run}/checkpoints/checkpoint_00002 (No space left on "
+        f"device); the last checkpoint is intact: texforce train --resume {run}"
+    ]
     assert [c.name for c in complete_checkpoints(tmp_path / "run")] == ["checkpoint_00001"]
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+
+
+def test_disk_full_before_the_first_checkpoint_says_so_and_leaves_no_run_folder(
+    monkeypatch, tiny_model_dir, tmp_path, capsys
+):
+    """Was: "the previous checkpoint is intact" when there was none, and a half-made run folder."""
+    from texforce import checkpoint
+
+    def save(state, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    assert main(["train", "--quiet", *tiny_overrides(tiny_model_dir, tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("(No space left on device); no checkpoint was written yet: start the run again\n"), err
+    assert not (tmp_path / "run").exists()
+
+
+def interrupt_at_epoch(monkeypatch, epoch: int, seen: list | None = None) -> None:
+    """Ctrl-C as the run logs epoch `epoch`; `seen` collects the run folder's lock file at every epoch."""
+    from texforce.runlog import RunLogger
+
+    log_epoch = RunLogger.epoch
+
+    def epoch_then_interrupt(self, number, stats, lrs):
+        if seen is not None:
+            seen.append((self.run_dir / ".lock").read_text())
+        if number == epoch:
+            raise KeyboardInterrupt
+        log_epoch(self, number, stats, lrs)
+
+    monkeypatch.setattr(RunLogger, "epoch", epoch_then_interrupt)
+
+
+def test_ctrl_c_says_how_to_resume_and_unlocks_the_run(monkeypatch, tiny_model_dir, tmp_path, capsys):
+    seen = []
+    interrupt_at_epoch(monkeypatch, 2, seen)
+    assert main(["train", "--quiet", *tiny_overrides(tiny_model_dir, tmp_path)]) == 130
+    run = tmp_path / "run"
+    assert capsys.readouterr().err == (
+        f"texforce train: interrupted; the last checkpoint is intact: texforce train --resume {run}\n"
+    )
+    assert seen == [f"process {os.getpid()} on {socket.gethostname()}\n"] * 2  # locked while training, by us
+    assert not (run / ".lock").exists() and [c.name for c in complete_checkpoints(run)] == ["checkpoint_00001"]
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_run_folder(monkeypatch, tiny_model_dir, tmp_path, capsys):
+    interrupt_at_epoch(monkeypatch, 1)
+    assert main(["train", "--quiet", *tiny_overrides(tiny_model_dir, tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err == "texforce train: interrupted; no checkpoint was written yet: start the run again\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tiny_model_dir, tmp_path):
+    """A lock file left by a killed process (the kernel dropped its flock) does not block --resume."""
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, train__num_epochs=1)
+    run = train_run(None, overrides, quiet=True)
+    (run / ".lock").write_text("process 999999999 on a-dead-host\n")
+    assert train_run(resume=str(run), quiet=True) == run
+    assert not (run / ".lock").exists()
 
 
 def test_unwritable_output_folder(tiny_model_dir, tmp_path, capsys):

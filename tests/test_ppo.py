@@ -42,3 +42,28 @@ def test_ppo_loss_on_policy_and_clipping():
     stats.loss.backward()
     assert stats.loss.item() == pytest.approx(-1.1) and log_probs.grad.item() == 0.0
     assert stats.clipfrac.item() == 1.0
+
+
+def test_group_advantages_normalise_within_each_prompt_of_the_batch():
+    from texforce.ppo import group_advantages
+
+    prompts = ["a", "a", "b", "b"]
+    advantages = group_advantages(prompts, np.array([1.0, 3.0, 10.0, 10.0]))
+    np.testing.assert_allclose(advantages, [-1.0, 1.0, 0.0, 0.0], atol=1e-5)
+
+
+def test_grouped_epochs_draw_each_prompt_group_size_times(tiny_model_dir, tmp_path):
+    import torch
+    from conftest import tiny_overrides
+
+    from texforce.config import load_config
+    from texforce.runlog import RunLogger
+    from texforce.trainer import Trainer
+
+    config = load_config(
+        None, tiny_overrides(tiny_model_dir, tmp_path, advantage__mode="group", advantage__group_size=4)
+    )
+    trainer = Trainer(config, RunLogger(tmp_path, 1, 1, quiet=True))
+    trainer.setup()
+    prompts = trainer.draw_prompts(torch.Generator().manual_seed(0))
+    assert len(prompts) == 8 and prompts[:4] == [prompts[0]] * 4 and prompts[4:] == [prompts[4]] * 4

@@ -89,9 +89,8 @@ def write_checkpoint(
             tmp.rename(final)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise TexforceError(
-            f"cannot write checkpoint {final} ({error.strerror or error}); the previous checkpoint is intact"
-        ) from None
+        reason = error.strerror or error
+        raise TexforceError(f"cannot write checkpoint {final} ({reason}); {resume_hint(run_dir)}") from None
     for stale in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
@@ -104,6 +103,13 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if _NAME.match(p.name) and (p / COMPLETE).is_file()]
     return sorted(found)
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What is true of a run folder's checkpoints, for the messages of a run that stops: resume, or start again."""
+    if complete_checkpoints(run_dir):
+        return f"the last checkpoint is intact: texforce train --resume {run_dir}"
+    return "no checkpoint was written yet: start the run again"
 
 
 def load_checkpoint_state(checkpoint: Path) -> dict[str, Any]:

@@ -110,9 +110,10 @@ class BackpropConfig:
 class AdvantageConfig:
     """How rewards become advantages."""
 
-    mode: str = "per_prompt"  # per_prompt | batch
-    buffer_size: int = 32
-    min_count: int = 16
+    mode: str = "per_prompt"  # per_prompt | batch | group
+    buffer_size: int = 32  # per_prompt: rewards kept per prompt across epochs
+    min_count: int = 16  # per_prompt: below this, the batch's statistics are used
+    group_size: int = 4  # group (GRPO-style): images per prompt per epoch, normalised within their group
 
 
 @dataclass
@@ -125,11 +126,12 @@ class PromptConfig:
 
 @dataclass
 class EvalConfig:
-    """Fixed-seed evaluation before and after training."""
+    """Fixed-seed evaluation before and after training (deterministic DDIM, the sampler's steps and guidance)."""
 
     num_prompts: int = 8
     num_seeds: int = 2
     seed: int = 1234
+    reward: str | None = None  # the judge; None = the training reward
 
 
 @dataclass
@@ -199,6 +201,8 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     builtin = builtin_configs()
     if str(name_or_path) in builtin:
         return builtin[str(name_or_path)]
+    if path.stem in builtin:  # e.g. configs/sd15_jpeg.yaml: the shipped ones are addressed by name
+        raise TexforceError(f"config not found: {name_or_path} is not a file; the shipped config is named {path.stem}")
     raise TexforceError(
         f"config not found: {name_or_path} is neither a file nor a built-in config ({', '.join(builtin)})"
     )
@@ -373,7 +377,14 @@ def validate(config: RunConfig) -> None:
         f"{samples // t.batch_size_per_device} micro-batches per epoch (samples {samples} / "
         f"train.batch_size_per_device {t.batch_size_per_device}); optimizer steps of {per_step} samples",
     )
-    _check(a.mode in ("per_prompt", "batch"), f"advantage.mode must be per_prompt or batch, got {a.mode!r}")
+    _check(
+        a.mode in ("per_prompt", "batch", "group"),
+        f"advantage.mode must be per_prompt, batch or group, got {a.mode!r}",
+    )
+    _check(
+        a.mode != "group" or (a.group_size >= 2 and samples % a.group_size == 0),
+        f"advantage.group_size ({a.group_size}) must be >= 2 and divide the samples per epoch ({samples})",
+    )
     _check(
         a.buffer_size >= 1 and 1 <= a.min_count <= a.buffer_size,
         "advantage.min_count must be in [1, advantage.buffer_size]",
@@ -393,9 +404,11 @@ def validate(config: RunConfig) -> None:
         "log.wandb=true but wandb is not installed: pip install wandb, or set log.wandb=false",
     )
     from texforce.prompts import check_prompt_source, load_prompt_set
-    from texforce.rewards import differentiable_rewards, parse_reward_spec
+    from texforce.rewards import check_prompts, differentiable_rewards, parse_reward_spec
 
     terms = parse_reward_spec(config.reward)
+    if config.eval.reward is not None:
+        parse_reward_spec(config.eval.reward)
     if t.algorithm == "backprop":
         differentiable = differentiable_rewards()
         fixed = [name for name, weight in terms if name not in differentiable and weight != 0]
@@ -410,6 +423,8 @@ def validate(config: RunConfig) -> None:
             continue
         check_prompt_source(source, f"prompts.{key}")
         try:
-            load_prompt_set(source)
+            prompt_set = load_prompt_set(source)
         except TexforceError as error:
             raise TexforceError(f"prompts.{key}: {error}") from None
+        for reward in dict.fromkeys([config.reward, config.eval.reward or config.reward]):  # trains, judges
+            check_prompts(reward, list(dict.fromkeys(prompt_set.train + prompt_set.eval)), f"prompts.{key}")

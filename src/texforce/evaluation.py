@@ -5,7 +5,8 @@ come from the adapters alone. Outputs, in one folder written atomically:
     results.csv   configuration, prompt, seed, reward name, score — one row per image and reward
     summary.csv   configuration, reward, n, mean, std, 95% CI (mean ± t·std/√n, Student t)
     summary.json  the same, for scripts
-    grid.png      one row per configuration, one column per prompt (first seed)
+    grid.png      one row per configuration, one column per prompt (first seed), each captioned with the
+                  configuration, the scores (one per reward, in order) and the prompt
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from texforce.errors import TexforceError
 from texforce.stats import estimate, std
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 
 @dataclass(frozen=True)
@@ -69,18 +74,37 @@ def summarise(rows: Sequence[dict], setups: Sequence[str], rewards: Sequence[str
     return summaries
 
 
+def load_setup(pipe: StableDiffusionPipeline, setup: AdapterSetup, base: str, adapter_name: str = "default") -> None:
+    """Load a configuration's adapters onto `pipe` (the model `base`)."""
+    from texforce.export import load_adapter
+
+    if setup.text is not None:
+        load_adapter(pipe, setup.text, "text_encoder", adapter_name, base)
+    if setup.unet is not None:
+        load_adapter(pipe, setup.unet, "unet", adapter_name, base)
+
+
+def check_adapters(base: str, setups: Sequence[AdapterSetup]) -> None:
+    """Load every configuration's adapters onto one CPU copy of `base` before anything renders: an adapter of
+    another base fails in seconds, not after the configurations before it have rendered."""
+    from texforce.config import ModelConfig
+    from texforce.models import prepare_pipeline
+
+    with_adapters = [setup for setup in setups if setup.text is not None or setup.unet is not None]
+    if with_adapters:
+        pipe = prepare_pipeline(ModelConfig(base=base, device="cpu"), torch.device("cpu"))
+        for index, setup in enumerate(with_adapters):
+            load_setup(pipe, setup, base, f"check{index}")
+
+
 def render(setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequence[int], args: dict) -> torch.Tensor:
     """Images (len(seeds) * len(prompts), 3, H, W) in [0, 1], seed-major, from a fresh pipeline + adapters."""
     from texforce.config import ModelConfig
-    from texforce.export import load_adapter
     from texforce.models import prepare_pipeline
 
     device = args["device"]
     pipe = prepare_pipeline(ModelConfig(base=base, dtype=args["dtype"]), device)
-    if setup.text is not None:
-        load_adapter(pipe, setup.text, "text_encoder")
-    if setup.unet is not None:
-        load_adapter(pipe, setup.unet, "unet")
+    load_setup(pipe, setup, base)
     pipe.to(device)
     images = []
     for seed in seeds:  # the same noise for every prompt of a seed and every configuration
@@ -106,22 +130,33 @@ def run_eval(
     output: Path,
     args: dict,
 ) -> list[Summary]:
-    """Render and score every configuration; write results/summary/grid into `output` (atomically)."""
-    from texforce.images import make_grid, save_png
-    from texforce.rewards import build_reward
+    """Render and score every configuration; write results/summary/grid into `output` (atomically).
+
+    Everything that can fail cheaply is checked before the first image renders: the output, every prompt against
+    every reward, every adapter against `base`, and the rewards' weights."""
+    from texforce.images import caption, make_grid, save_png
+    from texforce.rewards import build_reward, check_prompts
+    from texforce.runlog import check_writable
 
     if output.exists():
         raise TexforceError(f"output {output} already exists")
+    check_writable(output, "the eval output")
+    for spec in reward_specs:
+        check_prompts(spec, prompts, "the eval prompts")
+    check_adapters(base, setups)
     scorers = {spec: build_reward(spec, args["device"]) for spec in reward_specs}
-    rows, first_seed = [], []
+    rows, first_seed, captions = [], [], []
     for setup in setups:
         images = render(setup, base, prompts, seeds, args)
+        first_scores = []
         for spec, scorer in scorers.items():
             scores = scorer(images, list(prompts) * len(seeds)).total.tolist()
+            first_scores.append(scores[: len(prompts)])
             for index, score in enumerate(scores):
                 seed, prompt = seeds[index // len(prompts)], prompts[index % len(prompts)]
                 rows.append({"config": setup.label, "prompt": prompt, "seed": seed, "reward": spec, "score": score})
         first_seed.append(images[: len(prompts)])
+        captions += [caption(p, list(s), setup.label) for p, *s in zip(prompts, *first_scores, strict=True)]
     summaries = summarise(rows, [s.label for s in setups], list(reward_specs))
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -137,7 +172,7 @@ def run_eval(
             for s in summaries:
                 writer.writerow([s.setup, s.reward, s.n, *(f"{v:.6g}" for v in (s.mean, s.std, s.ci_low, s.ci_high))])
         (tmp / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
-        save_png(make_grid(torch.cat(first_seed), columns=len(prompts)), tmp / "grid.png")
+        save_png(make_grid(torch.cat(first_seed), columns=len(prompts), captions=captions), tmp / "grid.png")
         tmp.rename(output)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -82,6 +82,35 @@ def _peft_folder(path: Path, component: str) -> Path | None:
     return None
 
 
+def require_adapter(path: str | Path, what: str) -> Path:
+    """`path` as a Path; a one-line error, before any model loads, when nothing is there."""
+    found = Path(path).expanduser()
+    if not found.exists():
+        raise TexforceError(f"{what} {path}: adapter not found (a run's final adapters are in RUN/lora)")
+    return found
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model an adapter (PEFT folder, exported folder or run) records in its `adapter_config.json`."""
+    path = Path(path).expanduser()
+    for component in ("text_encoder", "unet"):
+        folder = _peft_folder(path, component) if path.is_dir() else None
+        if folder is not None:
+            return json.loads((folder / PEFT_CONFIG).read_text()).get("base_model_name_or_path")
+    return None
+
+
+def _misfit(adapter: Path, module: torch.nn.Module, base: str | None, error: Exception) -> TexforceError:
+    """One line: which base the adapter was trained on, which it was given, and the first cause torch names."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(error).__name__)
+    trained_on = adapter_base(adapter.parent if adapter.is_file() else adapter)
+    return TexforceError(
+        f"adapter {adapter} was trained on {trained_on or 'a base it does not record'} and does not fit the "
+        f"{type(module).__name__} of the given base {base or 'model'}: {cause}"
+    )
+
+
 def _normalise_keys(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Map others' key layouts onto `module`: strip PEFT's prefix and, for transformers >= 5 CLIP text
     models (no `text_model.` level), the `text_model.` of adapters saved with transformers 4."""
@@ -96,7 +125,7 @@ def _normalise_keys(state: dict[str, torch.Tensor], module: torch.nn.Module) -> 
     return normalised
 
 
-def _load_peft(folder: Path, module: torch.nn.Module, adapter_name: str) -> None:
+def _load_peft(folder: Path, module: torch.nn.Module, adapter_name: str, base: str | None) -> None:
     config = PeftLoraConfig.from_pretrained(str(folder))
     weights = folder / PEFT_WEIGHTS
     if weights.is_file():
@@ -110,24 +139,24 @@ def _load_peft(folder: Path, module: torch.nn.Module, adapter_name: str) -> None
         module.add_adapter(config, adapter_name=adapter_name)
         result = set_peft_model_state_dict(module, state, adapter_name=adapter_name)
     except (RuntimeError, ValueError) as error:
-        message = str(error).splitlines()[0]
-        raise TexforceError(
-            f"adapter {folder} does not fit this {type(module).__name__} (another base model?): {message}"
-        ) from None
+        raise _misfit(folder, module, base, error) from None
     if result.unexpected_keys:
-        raise TexforceError(
-            f"adapter {folder} has {len(result.unexpected_keys)} weights this {type(module).__name__} lacks "
-            f"(another base model?), e.g. {result.unexpected_keys[0]}"
-        )
+        count = len(result.unexpected_keys)
+        raise _misfit(folder, module, base, ValueError(f"{count} weights it lacks, e.g. {result.unexpected_keys[0]}"))
 
 
 def load_adapter(
-    pipe: StableDiffusionPipeline, path: str | Path, component: str, adapter_name: str = "default"
+    pipe: StableDiffusionPipeline,
+    path: str | Path,
+    component: str,
+    adapter_name: str = "default",
+    base: str | None = None,
 ) -> None:
     """Load a LoRA for `component` ("text_encoder" or "unet") of `pipe`, in PEFT or any diffusers format.
 
     Other components' weights in a diffusers file are ignored, so `--text-lora` and `--unet-lora` may
-    point at two different adapters (the paper's plug-in stacking).
+    point at two different adapters (the paper's plug-in stacking). `base` names `pipe`'s model in the error of
+    an adapter that does not fit it.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -135,7 +164,7 @@ def load_adapter(
     module = getattr(pipe, component)
     folder = _peft_folder(path, component) if path.is_dir() else None
     if folder is not None:
-        _load_peft(folder, module, adapter_name)
+        _load_peft(folder, module, adapter_name, base)
         return
     weights = _find_weights(path)
     try:
@@ -150,10 +179,7 @@ def load_adapter(
     try:
         loader(state, alphas, module, adapter_name=adapter_name, metadata=metadata, **kwargs)
     except (RuntimeError, ValueError) as error:
-        raise TexforceError(
-            f"adapter {weights} does not fit this {type(module).__name__} (another base model?): "
-            f"{str(error).splitlines()[0]}"
-        ) from None
+        raise _misfit(weights, module, base, error) from None
 
 
 def fuse_adapters(module: torch.nn.Module, adapter_names: Sequence[str], weights: Sequence[float]) -> None:
@@ -199,7 +225,7 @@ def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Seque
     pipe = prepare_pipeline(ModelConfig(base=base, device="cpu"), torch.device("cpu"))
     names = [f"adapter{i}" for i in range(len(adapters))]
     for name, adapter in zip(names, adapters, strict=True):
-        load_adapter(pipe, adapter, "text_encoder", adapter_name=name)
+        load_adapter(pipe, adapter, "text_encoder", adapter_name=name, base=base)
     fuse_adapters(pipe.text_encoder, names, weights)
     write_folder_atomically(output, lambda tmp: save_adapters(tmp, pipe.text_encoder, None, base, "fused"))
     return output

@@ -43,6 +43,17 @@ class PerPromptStatTracker:
         self.buffers = {p: deque(values, maxlen=self.buffer_size) for p, values in state.items()}
 
 
+def group_advantages(prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
+    """Normalise each reward by the mean and std of the same prompt's rewards of this batch only (GRPO's groups:
+    the epoch draws each prompt `advantage.group_size` times)."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    advantages = np.empty_like(rewards)
+    for prompt in dict.fromkeys(prompts):
+        mask = np.array([p == prompt for p in prompts])
+        advantages[mask] = (rewards[mask] - rewards[mask].mean()) / (rewards[mask].std() + 1e-6)
+    return advantages
+
+
 def batch_advantages(rewards: np.ndarray) -> np.ndarray:
     """Normalise by the whole batch's mean and std."""
     rewards = np.asarray(rewards, dtype=np.float64)

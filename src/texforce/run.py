@@ -8,13 +8,18 @@ Run folder:
     samples/          epoch_{n:05d}.png grids; eval_before/after_*.png
     checkpoints/      checkpoint_{epoch:05d}/ (see checkpoint.py)
     lora/             the final adapters, diffusers + PEFT formats (see export.py)
+    .lock             while a process trains in it: that process's PID and host (see `run_lock`)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,13 +27,13 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from texforce.checkpoint import complete_checkpoints
+from texforce.checkpoint import complete_checkpoints, resume_hint
 from texforce.config import RunConfig, load_config, save_config, to_dict
 from texforce.distributed import process_state
 from texforce.errors import TexforceError
 from texforce.export import write_folder_atomically
-from texforce.images import make_grid, save_png
-from texforce.runlog import RunLogger, write_text_atomic
+from texforce.images import caption, make_grid, save_png
+from texforce.runlog import RunLogger, check_writable, write_text_atomic
 from texforce.stats import estimate, verdict
 from texforce.trainer import Trainer
 
@@ -57,6 +62,7 @@ def prepare_run(
         run_dir = Path(config.output_dir) / name
         if run_dir.exists() and any(run_dir.iterdir()):
             raise TexforceError(f"run folder {run_dir} already exists; pass --resume {run_dir} or another run_name")
+        check_writable(run_dir, "the run folder")
         return config, run_dir, None
     run_dir = Path(resume)
     if not (run_dir / "config.yaml").is_file():
@@ -82,21 +88,90 @@ def create_run_dir(config: RunConfig, run_dir: Path) -> None:
         raise TexforceError(f"cannot write to the run folder {run_dir}: {error.strerror or error}") from None
 
 
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path, main: bool = True) -> Iterator[None]:
+    """Hold `RUN/.lock` while this process trains in `run_dir`: a second process fails in one line instead of
+    writing beside the first. The lock is an `flock` on the file, which the kernel drops when its process dies,
+    so a lock left by a killed process is stale and simply taken over. Only the main process (`main`) of a
+    multi-process run locks; the others never write."""
+    import fcntl
+
+    if not main:
+        yield
+        return
+    path = run_dir / LOCK_FILE
+    handle = open(path, "a+")  # noqa: SIM115 (held open, and locked, until the run ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise TexforceError(
+            f"run folder {run_dir} is in use by {owner}, which is training in it; wait for it to end or stop it"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
+@contextmanager
+def new_run_folder(config: RunConfig, run_dir: Path, logger: RunLogger) -> Iterator[None]:
+    """Create and lock a new run's folder; remove it again if the run stops before its first checkpoint, so that a
+    failed start leaves nothing behind (and "start the run again" is the truthful hint)."""
+    if not logger.main:
+        yield
+        return
+    create_run_dir(config, run_dir)
+    with run_lock(run_dir):
+        try:
+            yield
+        except BaseException:
+            if not complete_checkpoints(run_dir):
+                if logger.tracker is not None:
+                    logger.tracker.close()
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
 def train_run(
     config_path: str | None = None, overrides: list[str] = (), resume: str | None = None, quiet: bool = False
 ) -> Path:
     """`texforce train`: set up, evaluate, train (resumably), evaluate, export. Returns the run folder.
 
-    Under `accelerate launch` every process runs this; only the main one evaluates and writes.
+    Under `accelerate launch` every process runs this; only the main one evaluates and writes. Ctrl-C raises a
+    `KeyboardInterrupt` whose message says how to go on (resume, or start again).
     """
     config, run_dir, checkpoint = prepare_run(config_path, list(overrides), resume)
     state = process_state(config.model.device)
     logger = RunLogger(run_dir, config.train.num_epochs, config.keep_checkpoints, quiet, state.is_main_process)
-    trainer = Trainer(config, logger)
-    trainer.setup()
-    state.wait_for_everyone()  # every process has checked the run folder before the main one creates it
-    if resume is None and state.is_main_process:
-        create_run_dir(config, run_dir)
+    with ExitStack() as stack:
+        if resume is not None:  # before loading anything: a run folder in use fails at once
+            stack.enter_context(run_lock(run_dir, state.is_main_process))
+        trainer = Trainer(config, logger)
+        trainer.setup()
+        state.wait_for_everyone()  # every process has checked the run folder before the main one creates it
+        if resume is None:
+            stack.enter_context(new_run_folder(config, run_dir, logger))
+        try:
+            _train(trainer, logger, run_dir, checkpoint)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(logger.resume_hint()) from None
+    return run_dir
+
+
+def _train(trainer: Trainer, logger: RunLogger, run_dir: Path, checkpoint: Path | None) -> None:
+    """Evaluate before (once per run), train from `checkpoint` (None: from the start), evaluate after, export."""
+    config, state = trainer.config, trainer.dist
     logger.start_tracking(config)
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint)
@@ -116,9 +191,8 @@ def train_run(
         export_adapters(trainer, run_dir)
         write_text_atomic(eval_path, json.dumps(results, indent=2))
         logger.tracker.close()
-        summarise(logger.console, results, config.reward, run_dir)
+        summarise(logger.console, results, config.eval.reward or config.reward, run_dir)
     state.wait_for_everyone()
-    return run_dir
 
 
 def export_adapters(trainer: Trainer, run_dir: Path) -> None:
@@ -128,8 +202,7 @@ def export_adapters(trainer: Trainer, run_dir: Path) -> None:
         write_folder_atomically(final, trainer.policy.save_adapters)
     except OSError as error:
         raise TexforceError(
-            f"cannot write the final adapters to {final} ({error.strerror or error}); the last checkpoint "
-            "holds them too"
+            f"cannot write the final adapters to {final} ({error.strerror or error}); {resume_hint(run_dir)}"
         ) from None
 
 
@@ -144,7 +217,8 @@ def evaluate(trainer: Trainer, when: str) -> dict[str, Any]:
             continue
         scores, images = trainer.evaluate(chosen, seeds)
         result[name] = [[round(v, 5) for v in row] for row in scores.tolist()]
-        save_png(make_grid(images), trainer.log.run_dir / "samples" / f"eval_{when}_{name}.png")
+        grid = make_grid(images, captions=[caption(p, [s]) for p, s in zip(chosen, scores[0].tolist(), strict=True)])
+        save_png(grid, trainer.log.run_dir / "samples" / f"eval_{when}_{name}.png")
     return result
 
 

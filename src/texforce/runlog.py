@@ -6,9 +6,11 @@ Only the main process of a multi-process run writes or prints.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,14 +28,28 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from texforce.checkpoint import write_checkpoint
+from texforce.checkpoint import resume_hint, write_checkpoint
 from texforce.config import RunConfig
 from texforce.errors import TexforceError
-from texforce.images import make_grid, save_png
+from texforce.images import caption, make_grid, save_png
 from texforce.tracking import Tracker, captions
 
 if TYPE_CHECKING:
     from texforce.algorithms import EpochStats
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail now, before any work, when `path` (a file or folder about to be written) cannot be: its nearest existing
+    folder must take a new file. A one-line `TexforceError` naming `what`; nothing is left behind."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder")
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise TexforceError(f"cannot write to {what} {path}: {error.strerror or error}") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -56,6 +72,7 @@ class RunLogger:
         self.quiet = quiet or not main
         self.main = main
         self.console = Console(stderr=True, quiet=self.quiet)
+        self.console.soft_wrap = not self.console.is_terminal  # a log file gets whole lines, not 80-column ones
         self.warnings = Console(stderr=True, quiet=not main)  # shown even when quiet
         self.metrics_path = run_dir / "metrics.jsonl"
         self.tracker: Tracker | None = None
@@ -99,11 +116,7 @@ class RunLogger:
 
     def resume_hint(self) -> str:
         """What is true of the run folder's checkpoints, for error messages."""
-        from texforce.checkpoint import complete_checkpoints
-
-        if complete_checkpoints(self.run_dir):
-            return f"the last checkpoint is intact: texforce train --resume {self.run_dir}"
-        return "no checkpoint was written yet: start the run again"
+        return resume_hint(self.run_dir)
 
     def epoch(self, epoch: int, stats: EpochStats, lrs: list[float]) -> None:
         """Append to metrics.jsonl, save the grid, send both to the trackers, print the one-line summary."""
@@ -122,7 +135,8 @@ class RunLogger:
         record.update({f"lr/group{i}": lr for i, lr in enumerate(lrs)})
         record.update({f"time/{k}_s": round(v, 3) for k, v in stats.seconds.items()})
         record.update({f"faults/{k}": v for k, v in stats.faults.items()})
-        grid = make_grid(stats.images)
+        shown = zip(stats.prompts, stats.rewards.tolist(), strict=False)  # this process's images come first
+        grid = make_grid(stats.images, captions=[caption(p, [r]) for p, r in list(shown)[: len(stats.images)]])
         try:
             with open(self.metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -141,7 +155,8 @@ class RunLogger:
             f"loss {stats.update.get('loss', 0):+.2e}  kl {stats.update.get('approx_kl', 0):.2e}  "
             f"clip {stats.update.get('clipfrac', 0):.2f}  lr {lrs[0]:.1e}  "
             f"[{' · '.join(f'{k} {v:.1f}s' for k, v in seconds.items())}]"
-            + "".join(f"  {k.replace('_', ' ')} {v}" for k, v in stats.faults.items() if v)
+            + "".join(f"  {k.replace('_', ' ')} {v}" for k, v in stats.faults.items() if v),
+            markup=False,  # the [phase seconds] are text, not rich markup
         )
 
     def checkpoint(self, epoch: int, state: dict[str, Any], write_adapters: Callable[[Path], None]) -> None:

@@ -52,6 +52,8 @@ class Trainer:
             eps=c.train.adam_epsilon,
         )
         self.reward_fn = build_reward(c.reward, self.device, self.policy.unet.dtype)
+        judge = c.eval.reward  # None: the training reward judges
+        self.judge = build_reward(judge, self.device, self.policy.unet.dtype) if judge else self.reward_fn
         self.prompts = load_prompt_set(c.prompts.train, c.prompts.eval)
         self.algorithm = build_algorithm(c.train.algorithm, self)
         self.lr_scheduler = get_scheduler(
@@ -79,9 +81,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ shared by the algorithms
     def draw_prompts(self, generator: torch.Generator) -> list[str]:
-        """The epoch's prompts for every process (`samples_per_epoch_per_device` each), the same on every process."""
-        train, per_device = self.prompts.train, self.config.samples_per_epoch_per_device
-        picks = torch.randint(len(train), (per_device * self.dist.num_processes,), generator=generator)
+        """The epoch's prompts for every process (`samples_per_epoch_per_device` each), the same on every process.
+        With grouped advantages, each drawn prompt comes `advantage.group_size` times in a row."""
+        train, count = self.prompts.train, self.config.samples_per_epoch_per_device * self.dist.num_processes
+        a = self.config.advantage
+        if a.mode == "group" and self.config.train.algorithm == "ddpo":
+            picks = torch.randint(len(train), (count // a.group_size,), generator=generator)
+            return [train[i] for i in picks.tolist() for _ in range(a.group_size)]
+        picks = torch.randint(len(train), (count,), generator=generator)
         return [train[i] for i in picks.tolist()]
 
     def process_share(self, items: Sequence[Any]) -> list[Any]:
@@ -144,13 +151,14 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards (S, P) of every prompt × seed, rendered with deterministic DDIM from the seed's noise (the
-        same noise for every prompt, as `texforce eval`), and the images (P, 3, H, W) of the first seed."""
+        """Judged rewards (S, P) of every prompt × seed (`eval.reward`, default the training reward), rendered with
+        deterministic DDIM from the seed's noise (the same noise for every prompt, as `texforce eval`), and the
+        images (P, 3, H, W) of the first seed."""
         rows, first = [], None
         for seed in seeds:
             noise = self.policy.initial_noise(1, torch.Generator().manual_seed(seed)).expand(len(prompts), -1, -1, -1)
             images = self.policy.generate(prompts, noise)
-            rows.append(self.reward_fn(images, list(prompts)).total)
+            rows.append(self.judge(images, list(prompts)).total)
             first = images if first is None else first
         return torch.stack(rows), first
 

@@ -17,7 +17,7 @@ import torch
 from texforce.algorithms import EpochStats
 from texforce.checkpoint import kill_point
 from texforce.distributed import gather_reward, gather_trajectory, mean_over_processes
-from texforce.ppo import PerPromptStatTracker, batch_advantages, ppo_clipped_loss
+from texforce.ppo import PerPromptStatTracker, batch_advantages, group_advantages, ppo_clipped_loss
 from texforce.sampling import Trajectory, check_schedule, ddim_step_with_logprob
 
 if TYPE_CHECKING:
@@ -79,8 +79,11 @@ class DDPO:
         """Advantages (N,) of the finite rewards; 0 for dropped samples (their PPO loss is then 0)."""
         kept_prompts, kept = [p for p, ok in zip(prompts, finite, strict=True) if ok], rewards[finite]
         values = np.zeros(len(prompts))
-        if self.trainer.config.advantage.mode == "per_prompt":
+        mode = self.trainer.config.advantage.mode
+        if mode == "per_prompt":
             values[finite] = self.stat_tracker.update(kept_prompts, kept)
+        elif mode == "group":
+            values[finite] = group_advantages(kept_prompts, kept)
         else:
             values[finite] = batch_advantages(kept)
         return torch.as_tensor(values, dtype=torch.float32)

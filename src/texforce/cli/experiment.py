@@ -8,9 +8,10 @@ from pathlib import Path
 
 from texforce.errors import TexforceError
 
-NAMES = ("methods", "fusion", "curves", "hacking")
+NAMES = ("default", "methods", "fusion", "curves", "hacking")
 
 EPILOG = """experiments:
+  default   the README's main job (`texforce train`) per training seed: time, memory, held-out and `single` gains
   methods   base · text LoRA · U-Net LoRA · both stacked · joint, on held-out prompts (+ semantics on `single`)
   fusion    a counting and a relations text adapter fused by weighted sum, judged on each task
   curves    reward per epoch, text vs U-Net LoRA, on world_alignment and on jpeg_compressibility
@@ -44,7 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="base model of every arm and of the evaluation (default: the arms')")
     parser.add_argument("--judge", default="world_alignment", help="the reward that judges (default: %(default)s)")
     parser.add_argument("--proxy", default="world_clipscore", help="hacking: the learned reward trained on")
-    parser.add_argument("--verbose", action="store_true", help="show each training run's progress")
     parser.set_defaults(func=run)
 
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         judge=args.judge,
         proxy=args.proxy,
-        quiet=not args.verbose,
+        quiet=not args.verbose,  # the global --verbose also shows each training run's progress
         command=shlex.join(["texforce", "experiment", args.name, *args.overrides, *_given(args)]),
     )
     print(run_experiment(args.name, settings))

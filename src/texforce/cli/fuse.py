@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from texforce.errors import TexforceError
@@ -18,29 +17,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("adapters", nargs="+", metavar="ADAPTER", help="PEFT folders, diffusers files/folders or runs")
     parser.add_argument("--weights", nargs="+", type=float, help="one per adapter (default: equal, summing to 1)")
-    parser.add_argument("--model", help="base model the adapters belong to (default: the first adapter's base)")
+    parser.add_argument(
+        "--model", help="base model the adapters belong to (default: the first adapter's base, else the offline world)"
+    )
     parser.add_argument("-o", "--output", required=True, help="output folder (both formats)")
     parser.set_defaults(func=run)
 
 
-def _base_of(adapter: str) -> str | None:
-    for candidate in (Path(adapter), Path(adapter) / "text_encoder", Path(adapter) / "lora" / "text_encoder"):
-        config = candidate / "adapter_config.json"
-        if config.is_file():
-            return json.loads(config.read_text()).get("base_model_name_or_path")
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
-    from texforce.config import ModelConfig
-    from texforce.export import fuse_adapter_files
+    from texforce.defaults import choose_base
+    from texforce.export import fuse_adapter_files, require_adapter
+    from texforce.runlog import check_writable
 
     weights = args.weights or [1.0 / len(args.adapters)] * len(args.adapters)
     if len(weights) != len(args.adapters):
         raise TexforceError(f"{len(args.adapters)} adapters but {len(weights)} weights")
+    for adapter in args.adapters:
+        require_adapter(adapter, "adapter")
     output = Path(args.output)
     if output.exists():
         raise TexforceError(f"output {output} already exists")
-    base = args.model or _base_of(args.adapters[0]) or ModelConfig().base
-    print(fuse_adapter_files(base, args.adapters, weights, output))
+    check_writable(output, "--output")
+    print(fuse_adapter_files(choose_base(args.model, args.adapters[:1]), args.adapters, weights, output))
     return 0

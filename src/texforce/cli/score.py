@@ -1,18 +1,21 @@
 """`texforce score`: score image files with any reward spec; prints a table, optionally writes a CSV.
 
-texforce score out/*.png --reward pickscore --prompt "a photo of a hand"
-texforce score a.png b.png --reward "imagereward:1+aesthetic:0.1" --prompts prompts.txt --csv scores.csv
+A reward built for one image size (the world rewards: the world model's 64×64) gets square images resized to it,
+with a warning, and refuses others (a captioned grid, a wrong aspect), so that no score is silently meaningless.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from texforce.errors import TexforceError
@@ -26,9 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "score",
         help="score images with a reward (table or CSV)",
         description="Score images with a reward spec, e.g. 'pickscore' or 'imagereward:1+aesthetic:0.1'.",
+        epilog="examples:\n  texforce score circles_p0_s0.png --prompt 'two red circles'   # the world's reward\n"
+        "  texforce score out/*.png --reward pickscore --prompt 'a photo of a hand'\n"
+        "  texforce score a.png b.png --reward 'imagereward:1+aesthetic:0.1' --prompts prompts.txt --csv scores.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    parser.add_argument("--reward", required=True, help="reward spec: name[:weight]+name[:weight]…")
+    parser.add_argument(
+        "--reward", help="reward spec: name[:weight]+name[:weight]… (default: the offline world's judge)"
+    )
     prompts = parser.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", help="one prompt for every image")
     prompts.add_argument("--prompts", type=Path, help="a text file with one prompt per image, in order")
@@ -63,6 +72,33 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def fit_images(images: list[torch.Tensor], paths: list[Path], size: int | None, spec: str) -> list[torch.Tensor]:
+    """Images as the reward was built for them: `size`×`size` (None: any). A square image of another size is
+    resized, with one warning line; any other shape (a captioned grid, a wrong aspect) is refused."""
+    if size is None:
+        return images
+    for image, path in zip(images, paths, strict=True):
+        if image.shape[-1] != image.shape[-2]:
+            raise TexforceError(
+                f"{path} is {image.shape[-1]}×{image.shape[-2]}, not square: {spec} judges single {size}×{size} "
+                "images (a grid? score the images it was made of)"
+            )
+    resized = [(image, path) for image, path in zip(images, paths, strict=True) if image.shape[-1] != size]
+    if resized:
+        image, path = resized[0]
+        print(
+            f"texforce score: warning: resized {len(resized)} of {len(images)} images to {size}×{size}, which {spec} "
+            f"judges (e.g. {path}, {image.shape[-1]}×{image.shape[-1]}); a grid of samples would score as one picture",
+            file=sys.stderr,
+        )
+    return [
+        F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True)[0]
+        if image.shape[-1] != size
+        else image
+        for image in images
+    ]
+
+
 def score_images(
     reward: WeightedReward, images: list[torch.Tensor], prompts: list[str], batch_size: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -83,15 +119,22 @@ def score_images(
 
 
 def run(args: argparse.Namespace) -> int:
-    from texforce.rewards import build_reward
+    from texforce.config import load_config
+    from texforce.defaults import judge
+    from texforce.rewards import build_reward, check_prompts, image_size
+    from texforce.runlog import check_writable, write_text_atomic
 
     if args.batch_size < 1:
         raise TexforceError(f"--batch-size must be at least 1, got {args.batch_size}")
+    spec = args.reward or judge(load_config("default"))
     prompts = read_prompts(args)
-    images = [load_image(path) for path in args.images]
+    check_prompts(spec, prompts, "--prompt" if args.prompt is not None else str(args.prompts))
+    if args.csv:
+        check_writable(args.csv, "--csv")
+    images = fit_images([load_image(path) for path in args.images], args.images, image_size(spec), spec)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    reward = build_reward(args.reward, device, dtype)
+    reward = build_reward(spec, device, dtype)
     total, components = score_images(reward, images, prompts, args.batch_size)
 
     names = list(components)
@@ -105,9 +148,10 @@ def run(args: argparse.Namespace) -> int:
     for row in [columns, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if args.csv:
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([*columns, "prompt"])
-            writer.writerows([*row, prompt] for row, prompt in zip(rows, prompts, strict=True))
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow([*columns, "prompt"])
+        writer.writerows([*row, prompt] for row, prompt in zip(rows, prompts, strict=True))
+        write_text_atomic(args.csv, table.getvalue())
         print(f"wrote {args.csv}")
     return 0

@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="DDPO fine-tuning of a text-encoder (and optionally U-Net) LoRA",
         description="Train with a YAML config (default: the embedded offline run) and key=value overrides.",
-        epilog="examples:\n  texforce train\n  texforce train configs/sd15_jpeg.yaml train.num_epochs=10\n"
+        epilog="examples:\n  texforce train\n  texforce train sd15_jpeg train.num_epochs=10\n"
         "  texforce train --resume runs/20261125-120000\n"
         "  accelerate launch --multi_gpu --num_processes 8 -m texforce train sd15_jpeg   # one process per GPU",
         formatter_class=argparse.RawDescriptionHelpFormatter,

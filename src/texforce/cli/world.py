@@ -15,6 +15,9 @@ EPILOG = """examples:
   texforce world pretrain --out /tmp/world --tiny                        # a seconds-long smoke run
   texforce world eval                                                    # the numbers of the model card
   texforce world eval --model /tmp/world/model --num-prompts 8 --num-seeds 1
+  texforce world preference --out src/texforce/world/assets/preference --cache runs/preference  # the learned reward
+  texforce world preference --out /tmp/preference --tiny               # a seconds-long smoke run
+  texforce world ceiling -o docs/world                                   # best-of-16 and oracle embeddings
 """
 
 
@@ -55,6 +58,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--output", type=Path, help="write the results as JSON here")
     evaluate.add_argument("--grid", type=Path, help="write a PNG of samples, one row per family, here")
     evaluate.set_defaults(func=run)
+
+    preference = verbs.add_parser(
+        "preference", help="build world_preference: judge generated images exactly, train, validate on held-out"
+    )
+    preference.add_argument("--out", type=Path, default=Path("runs/preference"), help="folder for the reward")
+    preference.add_argument("--cache", type=Path, help="keep (and reuse) the judged images here (npz)")
+    preference.add_argument("--model", type=Path, help="world pipeline folder (default: the shipped model)")
+    preference.add_argument("--seed", type=int, default=0)
+    preference.add_argument("--steps", type=int, help="training steps")
+    preference.add_argument("--tiny", action="store_true", help="a few images and steps (smoke test)")
+    preference.add_argument("--overwrite", action="store_true", help="replace an existing reward folder")
+    preference.set_defaults(func=run)
+
+    ceiling = verbs.add_parser("ceiling", help="best-of-N and oracle-embedding alignment of held-out prompts")
+    ceiling.add_argument("-o", "--output", type=Path, default=Path("docs/world"), help="folder for ceiling.md/json")
+    ceiling.add_argument("--model", type=Path, help="world pipeline folder (default: the shipped model)")
+    ceiling.add_argument("--num-prompts", type=int, default=32)
+    ceiling.add_argument("--best-of", type=int, default=16)
+    ceiling.add_argument("--oracle-steps", type=int, default=40)
+    ceiling.add_argument("--eval-seeds", type=int, default=4)
+    ceiling.set_defaults(func=run)
 
 
 def _print(message: str) -> None:
@@ -115,7 +139,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preference(args: argparse.Namespace) -> int:
+    from texforce.world.preference import PreferenceConfig, build_preference, tiny_preference_config
+
+    cfg = tiny_preference_config(args.seed) if args.tiny else PreferenceConfig(seed=args.seed)
+    cfg = replace(cfg, **({"steps": args.steps} if args.steps is not None else {}))
+    cfg.validate()
+    if (args.out / "model.safetensors").exists() and not args.overwrite:
+        raise TexforceError(f"{args.out} already holds a reward; pass --overwrite or choose another --out")
+    build_preference(cfg, args.out, args.model, args.cache, log=_print)
+    return 0
+
+
+def _ceiling(args: argparse.Namespace) -> int:
+    from texforce.world.ceiling import CeilingConfig, measure_ceiling, write_ceiling_page
+
+    if min(args.num_prompts, args.best_of, args.oracle_steps, args.eval_seeds) < 1:
+        raise TexforceError("--num-prompts, --best-of, --oracle-steps and --eval-seeds must be >= 1")
+    cfg = CeilingConfig(
+        num_prompts=args.num_prompts,
+        best_of=args.best_of,
+        oracle_steps=args.oracle_steps,
+        num_eval_seeds=args.eval_seeds,
+    )
+    print(write_ceiling_page(measure_ceiling(cfg, args.model, log=_print), args.output))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.world_command == "pretrain":
-        return _pretrain(args)
-    return _evaluate(args)
+    verbs = {"pretrain": _pretrain, "eval": _evaluate, "preference": _preference, "ceiling": _ceiling}
+    return verbs[args.world_command](args)

@@ -110,12 +110,19 @@ def arm_config(settings: Settings, config: str, extra: Sequence[str] = ()) -> Ru
 
 
 def evaluate(
-    settings: Settings, setups: Sequence[AdapterSetup], prompts: Sequence[str], rewards: Sequence[str], name: str
+    settings: Settings,
+    setups: Sequence[AdapterSetup],
+    prompts: Sequence[str],
+    rewards: Sequence[str],
+    name: str,
+    config_name: str = "world_text",
+    seeds: Sequence[int] | None = None,
 ) -> dict[tuple[str, str], Summary]:
-    """Render `setups` on `prompts` × the evaluation seeds into OUTPUT/`name`; summaries by (setup, reward)."""
+    """Render `setups` on `prompts` × the evaluation seeds (default: the budget's) with the sampler of
+    `config_name` into OUTPUT/`name`; summaries by (setup, reward)."""
     from texforce.models import resolve_device
 
-    config = arm_config(settings, "world_text")
+    config = arm_config(settings, config_name)
     options = {
         "device": resolve_device(config.model.device),
         "dtype": config.model.dtype,
@@ -123,9 +130,8 @@ def evaluate(
         "guidance_scale": config.sample.guidance_scale,
     }
     prompts = list(prompts)[: settings.budget.num_eval_prompts]
-    summaries = run_eval(
-        config.model.base, setups, prompts, settings.eval_seeds, rewards, settings.output / name, options
-    )
+    seeds = list(seeds or settings.eval_seeds)
+    summaries = run_eval(config.model.base, setups, prompts, seeds, rewards, settings.output / name, options)
     return {(s.setup, s.reward): s for s in summaries}
 
 

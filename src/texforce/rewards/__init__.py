@@ -3,28 +3,41 @@ has a gradient (direct reward backprop needs one).
 
 A new reward is one module in this package plus one row here. Factories are `module:function` strings taking the
 device and dtype the scorer should run in; they are imported only when the reward is built, so listing or
-parsing rewards never loads a model.
+parsing rewards never loads a model. A reward that parses its prompt names its `PromptGrammar`, checked on every
+prompt before any sampling; one built for one image size names it, and `texforce score` fits images to it.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from texforce.errors import TexforceError
-from texforce.rewards.base import DifferentiableReward, RewardFn, RewardOutput, WeightedReward
+from texforce.rewards.base import DifferentiableReward, PromptGrammar, RewardFn, RewardOutput, WeightedReward
 
 
 @dataclass(frozen=True)
 class RewardEntry:
-    """One registered reward: `factory` ("module:function(device, dtype)"), a one-line description, and whether
-    its score is differentiable in the image pixels."""
+    """One registered reward: `factory` ("module:function(device, dtype)"), a one-line description, whether its
+    score is differentiable in the image pixels, the prompts it can read (None: any) and the image side it was
+    built for (None: any size)."""
 
     factory: str
     description: str
     differentiable: bool
+    grammar: PromptGrammar | None = None
+    image_size: int | None = None
+
+
+WORLD_PROMPTS = PromptGrammar(
+    "texforce.world:parse_prompt",
+    "world prompts such as 'a red circle', 'three green triangles' or 'a red circle left of a blue square' "
+    "(texforce prompt sets world, world_single, world_count, world_relation)",
+)
+WORLD_IMAGE_SIZE = 64  # the world model's images (texforce.world.scenes.IMAGE_SIZE)
 
 
 REWARDS: dict[str, RewardEntry] = {
@@ -42,16 +55,21 @@ REWARDS: dict[str, RewardEntry] = {
         "texforce.world.reward:make_world_alignment",
         "offline world: exact prompt-image alignment in [0, 1] from scene analysis",
         False,
+        WORLD_PROMPTS,
+        WORLD_IMAGE_SIZE,
     ),
     "world_preference": RewardEntry(
         "texforce.world.reward:make_world_preference",
         "offline world: learned preference in [0, 1], trained on exactly judged generated images (its ImageReward)",
         True,
+        WORLD_PROMPTS,
+        WORLD_IMAGE_SIZE,
     ),
     "world_clipscore": RewardEntry(
         "texforce.world.reward:make_world_clipscore",
         "offline world: learned reward, cosine of the world CLIP's image and text embeddings",
         True,
+        image_size=WORLD_IMAGE_SIZE,
     ),
     "clipscore": RewardEntry(
         "texforce.rewards.clip:make_clipscore",
@@ -120,6 +138,20 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
     return terms
 
 
+def check_prompts(spec: str, prompts: Sequence[str], where: str) -> None:
+    """Fail now, before any sampling, if a reward of `spec` cannot read one of `prompts` (from `where`, e.g.
+    `prompts.train`): the world rewards read only world prompts."""
+    for name, _ in parse_reward_spec(spec):
+        grammar = REWARDS[name].grammar
+        if grammar is not None:
+            grammar.check(name, prompts, where)
+
+
+def image_size(spec: str) -> int | None:
+    """The image side the rewards of `spec` were built for (the world's, the only one so far), or None: any size."""
+    return next((REWARDS[name].image_size for name, _ in parse_reward_spec(spec) if REWARDS[name].image_size), None)
+
+
 def load_reward(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> RewardFn:
     """Build the registered reward `name` on `device` in `dtype`."""
     module, _, function = REWARDS[name].factory.partition(":")
@@ -134,12 +166,15 @@ def build_reward(spec: str, device: torch.device | str = "cpu", dtype: torch.dty
 __all__ = [
     "REWARDS",
     "DifferentiableReward",
+    "PromptGrammar",
     "RewardEntry",
     "RewardFn",
     "RewardOutput",
     "WeightedReward",
     "build_reward",
+    "check_prompts",
     "differentiable_rewards",
+    "image_size",
     "load_reward",
     "parse_reward_spec",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from texforce.errors import TexforceError
 
 
 class RewardFn(Protocol):
@@ -18,6 +21,34 @@ class RewardFn(Protocol):
     """
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """fp32, or fp64 left as it is (gradient checks run the scorers in double precision)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
+@dataclass(frozen=True)
+class PromptGrammar:
+    """The prompts a reward that parses its prompt can read (the world rewards read only world prompts).
+
+    `parse` is "module:function(prompt)", returning None for a prompt outside the grammar; it is cheap (no model),
+    so configs and commands check every prompt with it before any sampling. `examples` describes the grammar in
+    the error message."""
+
+    parse: str
+    examples: str
+
+    def check(self, reward: str, prompts: Sequence[str], where: str) -> None:
+        """Raise a one-line `TexforceError` naming the first prompt of `where` that `reward` cannot read."""
+        module, _, function = self.parse.partition(":")
+        parse = getattr(importlib.import_module(module), function)
+        unreadable = [prompt for prompt in prompts if parse(prompt) is None]
+        if unreadable:
+            raise TexforceError(
+                f"{where}: reward {reward} cannot score {len(unreadable)} of the {len(prompts)} prompts, e.g. "
+                f"{unreadable[0]!r}; it reads only {self.examples}"
+            )
 
 
 class DifferentiableReward:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import CLIPModel
 
-from texforce.rewards.base import DifferentiableReward
+from texforce.rewards.base import DifferentiableReward, at_least_float32
 from texforce.rewards.preprocess import ImageTransform
 from texforce.rewards.weights import WeightFile, locate_weight
 from texforce.tokenizer import build_clip_tokenizer
@@ -76,7 +76,7 @@ class CLIPEmbedder:
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] → unit embeddings (B, D)."""
-        pixel_values = self.transform(images.to(self.device, torch.float32)).to(self.dtype)
+        pixel_values = self.transform(at_least_float32(images.to(self.device))).to(self.dtype)
         pooled = self.model.vision_model(pixel_values=pixel_values).pooler_output
         embeds = self.model.visual_projection(pooled)
         return embeds / embeds.norm(dim=-1, keepdim=True)
@@ -108,9 +108,9 @@ class CLIPSimilarityReward(DifferentiableReward):
         self.batch_size = batch_size
 
     def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        cosine = (self.embedder.embed_images(images) * self.embedder.embed_texts(prompts)).sum(-1).float()
+        cosine = at_least_float32((self.embedder.embed_images(images) * self.embedder.embed_texts(prompts)).sum(-1))
         if self.use_logit_scale:
-            cosine = self.embedder.model.logit_scale.exp().float() * cosine
+            cosine = self.embedder.model.logit_scale.exp() * cosine
         return cosine.to(images.device)
 
 
@@ -123,7 +123,7 @@ class AestheticReward(DifferentiableReward):
         self.batch_size = batch_size
 
     def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return self.head(self.embedder.embed_images(images)).float().to(images.device)
+        return at_least_float32(self.head(self.embedder.embed_images(images))).to(images.device)
 
 
 def load_clip_model(path: Path, device: torch.device, dtype: torch.dtype) -> CLIPModel:

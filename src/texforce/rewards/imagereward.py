@@ -30,7 +30,7 @@ from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig
 from transformers.models.blip.modeling_blip import BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextModel
 
-from texforce.rewards.base import DifferentiableReward
+from texforce.rewards.base import DifferentiableReward, at_least_float32
 from texforce.rewards.clip import DEFAULT_BATCH_SIZE, MLPHead
 from texforce.rewards.preprocess import ImageTransform
 from texforce.rewards.weights import WeightFile, locate_weight
@@ -160,7 +160,7 @@ class ImageReward(DifferentiableReward):
 
     def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         parameter = next(self.model.parameters())
-        pixel_values = self.transform(images.to(parameter.device, torch.float32))
+        pixel_values = self.transform(at_least_float32(images.to(parameter.device)))
         tokens = self.tokenizer(
             list(prompts),
             padding="max_length",
@@ -169,7 +169,7 @@ class ImageReward(DifferentiableReward):
             return_tensors="pt",
         ).to(parameter.device)
         raw = self.model(pixel_values.to(parameter.dtype), tokens.input_ids, tokens.attention_mask)
-        return ((raw.float() - REWARD_MEAN) / REWARD_STD).to(images.device)
+        return ((at_least_float32(raw) - REWARD_MEAN) / REWARD_STD).to(images.device)
 
 
 def load_imagereward_model(path: Path, device: torch.device, dtype: torch.dtype) -> ImageRewardModel:

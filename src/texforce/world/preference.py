@@ -75,12 +75,12 @@ class PreferenceConfig:
     num_val_prompts: int = 256
     val_samples_per_prompt: int = 8
     # the network
-    width: int = 128
-    num_layers: int = 3
+    width: int = 96
+    num_layers: int = 2
     num_heads: int = 4
     # training
-    steps: int = 4000
-    prompts_per_batch: int = 16  # groups of one prompt's images: the ranking loss compares within a group
+    steps: int = 3000
+    prompts_per_batch: int = 8  # groups of one prompt's images: the ranking loss compares within a group
     learning_rate: float = 1e-3
     ranking_weight: float = 0.5
     num_threads: int = 2
@@ -298,8 +298,8 @@ def build_judgments(cfg: PreferenceConfig, model_dir: Path | None, log: Log) -> 
 class PreferenceModelConfig:
     """The network's sizes; saved as config.json beside the weights."""
 
-    width: int = 128
-    num_layers: int = 3
+    width: int = 96
+    num_layers: int = 2
     num_heads: int = 4
     text_hidden_size: int = 64  # the world CLIP text tower's hidden size
     max_text_length: int = 32
@@ -317,7 +317,7 @@ class PreferenceModel(nn.Module):
             return [nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU()]
 
         self.image_encoder = nn.Sequential(
-            *block(3, 32, 1), *block(32, 48, 2), *block(48, 64, 1), *block(64, 96, 2), *block(96, w, 2)
+            *block(3, 32, 2), *block(32, 64, 2), *block(64, 96, 1), *block(96, w, 2)
         )  # 64×64 → 8×8 patches of width w
         self.image_positions = nn.Parameter(torch.randn(1, (IMAGE_SIZE // 8) ** 2, w) * 0.02)
         self.text_projection = nn.Linear(config.text_hidden_size, w)

@@ -188,10 +188,10 @@ class WorldClipScoreReward(DifferentiableReward):
         self.batch_size = 256
 
     def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        image_embeds = self.clip.embed_images(images.float().cpu())
+        image_embeds = self.clip.embed_images(images.cpu())
         with torch.no_grad():
             text_embeds = self.clip.embed_texts(list(prompts))
-        return (image_embeds * text_embeds).sum(-1).float().to(images.device)
+        return (image_embeds * text_embeds.to(image_embeds.dtype)).sum(-1).to(images.device)
 
 
 class WorldPreferenceReward(DifferentiableReward):
@@ -213,7 +213,8 @@ class WorldPreferenceReward(DifferentiableReward):
         if images.shape[0] != len(prompts):
             raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
         states, mask = self.text(prompts)
-        return self.model(images.float().cpu(), states, mask).to(images.device)
+        parameter = next(self.model.parameters())
+        return self.model(images.cpu().to(parameter.dtype), states.to(parameter.dtype), mask).to(images.device)
 
 
 def make_world_alignment(device: torch.device, dtype: torch.dtype) -> WorldAlignmentReward:

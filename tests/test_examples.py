@@ -1,0 +1,154 @@
+"""Examples that cannot rot: every command example of the `--help` texts, of README.md and of the shipped configs'
+headers runs here, in a dry form.
+
+Each runs through the real CLI (`main(argv)`) in a scratch folder, until the point where it would load a model, a
+reward or the world's data: all the checks a command makes before any work (config keys and values, prompt sets,
+rewards, prompts against the reward's grammar, adapters present, outputs writable) have then passed, and the run
+stops there. Run folders of examples (`runs/NAME…`) are a real tiny run, so an adapter path a run does not have
+fails; the other files examples name are stand-ins declared below. README prose mentions a verb in backticks
+(`texforce eval`); an inline example with a key=value override is a command and runs too.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import itertools
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides
+from PIL import Image
+
+import texforce.experiments
+from texforce.cli.main import build_parser, main
+from texforce.config import builtin_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+STAND_INS = {  # the files examples name that are the user's own, as empty adapters or small files
+    "folders": ["lora_weights/sd14_texforce", "lora_weights/sd14_refl", "refl_lora", "path/to/refl_lora", "fused"],
+    "images": ["a.png", "b.png", "out/1.png", "out/2.png", "circles_p0_s0.png"],
+    "texts": {"prompts.txt": "two red circles\na red circle\n", "my_prompts.json": '["a photo of a cat"]'},
+    "configs": {"my.yaml": "default"},
+}
+OPTIONAL = {"wandb"}  # packages examples use that a test machine need not have
+WORK = [  # where commands start their work: loading a model or a reward, or the world's builds (a new one joins)
+    "diffusers.StableDiffusionPipeline.from_pretrained",
+    "texforce.models.prepare_pipeline",
+    "texforce.policy.prepare_pipeline",
+    "texforce.rewards.load_reward",
+    "texforce.world.pretrain.pretrain",
+    "texforce.world.evaluate.validate_reward",
+    "texforce.world.preference.build_preference",
+    "texforce.world.ceiling.measure_ceiling",
+]
+
+
+def commands(text: str) -> list[str]:
+    """The `texforce …` commands of a help text or code block: continued lines joined, `a && b` split."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    found = []
+    for line in joined.splitlines():
+        for part in line.split("&&"):
+            part = part.strip().removeprefix("#").strip()
+            if part.startswith("texforce ") or " -m texforce " in part:
+                found.append(part)
+    return found
+
+
+def help_examples() -> list[tuple[str, str]]:
+    parser = build_parser()
+    (verbs,) = [a for a in parser._actions if a.dest == "command"]
+    parsers = [("texforce --help", parser)] + [(f"texforce {v} --help", p) for v, p in verbs.choices.items()]
+    return [(where, c) for where, p in parsers for c in commands(f"{p.description or ''}\n{p.epilog or ''}")]
+
+
+def readme_examples() -> list[tuple[str, str]]:
+    text = (ROOT / "README.md").read_text()
+    blocks = [c for block in re.findall(r"```bash\n(.*?)```", text, re.S) for c in commands(block)]
+    inline = [" ".join(span.split()) for span in re.findall(r"`(texforce [^`]*)`", text)]
+    return [("README.md", c) for c in blocks + [s for s in inline if "=" in s]]
+
+
+def config_examples() -> list[tuple[str, str]]:
+    return [
+        (f"configs/{path.name}", c)
+        for path in builtin_configs().values()
+        for c in commands("\n".join(line for line in path.read_text().splitlines() if line.startswith("#")))
+    ]
+
+
+EXAMPLES = help_examples() + readme_examples() + config_examples()
+
+
+class DryRun(Exception):
+    """Raised where the command would start its work: every check before it has passed."""
+
+
+def stop(*args, **kwargs):
+    raise DryRun
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("example_run")
+    assert main(["train", "--quiet", *tiny_overrides(tiny_model_dir, root, train__num_epochs=1)]) == 0
+    return root / "run"
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch, tiny_run) -> Path:
+    """A working folder with the stand-ins, and the CLI stopped where it would load a model or start its work."""
+    for image in STAND_INS["images"]:
+        (tmp_path / image).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64)).save(tmp_path / image)
+    for name, text in STAND_INS["texts"].items():
+        (tmp_path / name).write_text(text)
+    for name, shipped in STAND_INS["configs"].items():
+        shutil.copy(builtin_configs()[shipped], tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    find_spec = importlib.util.find_spec  # optional packages an example names (wandb) count as installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: find_spec(name, *a) or name in OPTIONAL)
+    for work in WORK:
+        monkeypatch.setattr(work, stop)
+
+    def experiment(name, settings):  # the arms' configs with the example's overrides, then stop
+        from texforce.experiments.harness import arm_config
+
+        arm_config(settings, "world_text")
+        raise DryRun
+
+    monkeypatch.setattr(texforce.experiments, "run_experiment", experiment)
+    return tmp_path
+
+
+def argv_of(command: str, run: Path) -> list[str]:
+    """The arguments after `texforce`, with run folders (`runs/NAME…`) made the tiny run and globs expanded."""
+    words = shlex.split(command, comments=True)
+    words = words[words.index("texforce") + 1 :]
+    words = [re.sub(r"(?<![\w/])runs/[^/,\s]+", str(run), word) for word in words]
+    return [match for word in words for match in (sorted(glob.glob(word)) if "*" in word else [word])]
+
+
+def test_every_place_has_examples():
+    places = {where.split()[0] if where.startswith("configs") else where for where, _ in EXAMPLES}
+    assert {"texforce --help", "texforce train --help", "texforce eval --help", "README.md"} <= places
+    assert len(EXAMPLES) > 40
+
+
+@pytest.mark.parametrize("where, command", EXAMPLES, ids=[f"{w}: {c}" for w, c in EXAMPLES])
+def test_example_runs_up_to_its_work(where, command, scratch, tiny_run, capsys):
+    argv = argv_of(command, tiny_run)
+    outputs = {after for flag, after in itertools.pairwise(argv) if flag in ("-o", "--output")}
+    for folder in set(STAND_INS["folders"]) - outputs:  # adapters it reads; not the ones it writes
+        (scratch / folder).mkdir(parents=True)
+    try:
+        code = main(argv)
+    except DryRun:
+        return
+    except SystemExit as error:  # argparse: unknown option, missing argument
+        pytest.fail(f"{where}: `{command}` does not parse: {capsys.readouterr().err.strip()} ({error})")
+    assert code == 0, f"{where}: `{command}` fails: {capsys.readouterr().err.strip()}"
