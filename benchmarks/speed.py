@@ -1,7 +1,9 @@
 """Speed of TexForce's two phases, texforce's path against the official loop's compute pattern, in one run.
 
-    python -m benchmarks.speed --arch sd15 --samples 64            # on a GPU: SD-1.x, 512², random weights
+    python -m benchmarks.speed --arch sd15 --sample-batch 64       # on a GPU: SD-1.x, 512², random weights
+    python -m benchmarks.speed --arch sdxl --sample-batch 8 --train-batch 4   # SDXL, 1024², two text encoders
     python -m benchmarks.speed --smoke                             # tiny model on the CPU (CI runs this)
+    python -m benchmarks.speed --smoke --arch sdxl                 # tiny SDXL on the CPU
 
 Prints one JSON object per figure (and appends them to --json): sampling images/s and PPO sample-timesteps/s
 for `texforce` (frozen weights in bf16, sampling batch decoupled from the training micro-batch, prompts encoded
@@ -69,7 +71,9 @@ def reference_update(trainer: Trainer, trajectory, rows: torch.Tensor, steps: to
 
 
 def measure(mode: str, args: argparse.Namespace, tmp: str) -> list[dict]:
-    base = "texforce/tiny-random" if args.smoke else f"texforce/{args.arch}-random"
+    base = f"texforce/{args.arch}-random"
+    if args.smoke:
+        base = "texforce/tiny-sdxl-random" if args.arch == "sdxl" else "texforce/tiny-random"
     dtype = "fp32" if mode == "reference" else args.dtype
     sample_batch = 4 if mode == "reference" else args.sample_batch
     train_batch = 4 if mode == "reference" else args.train_batch
@@ -122,7 +126,7 @@ def measure(mode: str, args: argparse.Namespace, tmp: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["sd15", "sd21"], default="sd15")
+    parser.add_argument("--arch", choices=["sd15", "sd21", "sdxl"], default="sd15")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the harness, not speed")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny Stable Diffusion saved as a real pipeline folder, and a tiny run config."""
+"""Shared fixtures: a tiny Stable Diffusion and a tiny SDXL saved as real pipeline folders, and a tiny run config."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from texforce.architectures import build_tiny_pipeline
+from texforce.architectures import build_tiny_pipeline, build_tiny_sdxl_pipeline
 from texforce.config import load_config
 
 
@@ -15,6 +15,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 32×32-image random-weight pipeline saved with `save_pretrained`, loaded through the real path."""
     folder = tmp_path_factory.mktemp("tiny_sd") / "pipeline"
     build_tiny_pipeline(seed=0, image_size=32).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same for SDXL: two text encoders, pooled embedding and time ids (32×32 images)."""
+    folder = tmp_path_factory.mktemp("tiny_sdxl") / "pipeline"
+    build_tiny_sdxl_pipeline(seed=0, image_size=32).save_pretrained(folder)
     return folder
 
 

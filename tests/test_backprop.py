@@ -27,7 +27,7 @@ def make_trainer(model_dir, tmp_path, **extra) -> Trainer:
     trainer.setup()
     with torch.no_grad():  # move off the zero-B init so that every gradient is generic
         generator = torch.Generator().manual_seed(3)
-        for module in (trainer.policy.text_encoder, trainer.policy.unet):
+        for module in (*trainer.policy.text_encoders.values(), trainer.policy.unet):
             for name, param in module.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.05, generator=generator)
@@ -55,16 +55,20 @@ def reference_gradients(trainer: Trainer, num_grad_steps: int, seed: int) -> lis
     images = (policy.vae.decode(latents / policy.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
     reward = trainer.reward_fn.differentiable(images, PROMPTS).total
     (-reward.sum() / (len(PROMPTS) * c.train.gradient_accumulation_steps)).backward()
-    gradients = [p.grad.clone() for p in trainer.trainable]
+    return take_gradients(trainer)
+
+
+def take_gradients(trainer: Trainer) -> list[torch.Tensor | None]:
+    """The trainable tensors' gradients, then zeroed; None where nothing reads the weights (SDXL's first text
+    encoder's last layer: the U-Net gets its penultimate hidden states)."""
+    gradients = [None if p.grad is None else p.grad.clone() for p in trainer.trainable]
     trainer.optimizer.zero_grad(set_to_none=True)
     return gradients
 
 
 def ours(trainer: Trainer, num_grad_steps: int, seed: int) -> list[torch.Tensor]:
     trainer.algorithm.train_micro_batch(PROMPTS, torch.Generator().manual_seed(seed), num_grad_steps, 0)
-    gradients = [p.grad.clone() for p in trainer.trainable]
-    trainer.optimizer.zero_grad(set_to_none=True)
-    return gradients
+    return take_gradients(trainer)
 
 
 @pytest.mark.parametrize("num_grad_steps", [1, 2, 4])
@@ -77,6 +81,18 @@ def test_gradient_equals_plain_autograd_reference(tiny_model_dir, tmp_path, num_
     for a, b in zip(ours(trainer, num_grad_steps, seed=5), reference, strict=True):
         assert b.abs().max() > 0
         torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-4)
+
+
+def test_sdxl_gradient_equals_plain_autograd_reference(tiny_sdxl_dir, tmp_path):
+    """Through both text encoders' LoRAs, the pooled embedding and the time ids, with CFG on an encoded negative."""
+    trainer = make_trainer(tiny_sdxl_dir, tmp_path, unet_lora__use=True)
+    reference = reference_gradients(trainer, 2, seed=5)
+    assert sum(b is None for b in reference) == 8  # the first encoder's last layer: 4 projections × (A, B)
+    for a, b in zip(ours(trainer, 2, seed=5), reference, strict=True):
+        assert (a is None) == (b is None)
+        if b is not None:
+            assert b.abs().max() > 0
+            torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-4)
 
 
 def test_truncation_changes_the_gradient(tiny_model_dir, tmp_path):

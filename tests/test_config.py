@@ -77,3 +77,14 @@ def test_group_size_must_divide_the_epoch():
     with pytest.raises(TexforceError, match=r"advantage.group_size \(5\) must be >= 2 and divide the samples per"):
         load_config(None, ["advantage.mode=group", "advantage.group_size=5"])
     assert load_config(None, ["advantage.mode=group", "advantage.group_size=8"]).advantage.group_size == 8
+
+
+def test_second_text_encoder_takes_text_lora_unless_overridden():
+    config = load_config(None, ["text_lora.rank=8", "text_lora_2.alpha=4"])
+    first, second = config.text_lora_of(0), config.text_lora_of(1)
+    assert (first.rank, first.alpha, second.rank, second.alpha) == (8, 16.0, 8, 4.0)
+    assert second.target_modules == first.target_modules and second.learning_rate == first.learning_rate
+    with pytest.raises(TexforceError, match=r"text_lora_2.rank must be >= 1, got 0"):
+        load_config(None, ["text_lora_2.rank=0"])
+    with pytest.raises(TexforceError, match=r"text_lora_2.target_modules must not be empty"):
+        load_config(None, ["text_lora_2.target_modules=[]"])

@@ -29,7 +29,15 @@ from texforce.config import builtin_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 STAND_INS = {  # the files examples name that are the user's own, as empty adapters or small files
-    "folders": ["lora_weights/sd14_texforce", "lora_weights/sd14_refl", "refl_lora", "path/to/refl_lora", "fused"],
+    "folders": [
+        "lora_weights/sd14_texforce",
+        "lora_weights/sd14_refl",
+        "refl_lora",
+        "path/to/refl_lora",
+        "fused",
+        "lora_weights/sd-turbo_texforce",
+        "lora_weights/sdxl-turbo_texforce",
+    ],
     "images": ["a.png", "b.png", "out/1.png", "out/2.png", "circles_p0_s0.png"],
     "texts": {"prompts.txt": "two red circles\na red circle\n", "my_prompts.json": '["a photo of a cat"]'},
     "configs": {"my.yaml": "default"},

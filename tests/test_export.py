@@ -1,16 +1,18 @@
-"""Adapters round-trip through both formats, load others' layouts, and fuse exactly."""
+"""Adapters round-trip through both formats, load others' layouts, and fuse exactly; files in the canonical layout."""
 
+import json
 import shutil
 
 import pytest
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from texforce.architectures import build_tiny_pipeline
+from texforce.architectures import build_tiny_pipeline, build_tiny_sdxl_pipeline
 from texforce.config import LoraConfig, UNetLoraConfig
 from texforce.errors import TexforceError
-from texforce.export import fuse_adapters, load_adapter, save_adapters
+from texforce.export import fuse_adapters, load_adapter, save_adapters, save_pipeline
 from texforce.models import add_lora, peft_lora_config
 
 
@@ -56,6 +58,38 @@ def test_layout(saved):
         "unet/adapter_config.json",
     ):
         assert (folder / name).is_file()
+
+
+def test_diffusers_file_has_the_canonical_keys_and_portable_metadata(saved):
+    """`text_encoder.text_model.…` (transformers 4's names, which older diffusers need) and only LoRA settings every
+    peft's `LoraConfig` takes (diffusers 0.34+ passes them to it)."""
+    _, folder = saved
+    with safe_open(folder / "pytorch_lora_weights.safetensors", "pt") as handle:
+        keys = list(handle.keys())
+        metadata = json.loads(handle.metadata()["lora_adapter_metadata"])
+    text = [k for k in keys if k.startswith("text_encoder.")]
+    assert text and all(k.startswith("text_encoder.text_model.encoder.layers.") for k in text)
+    assert {k.split(".", 1)[1] for k in metadata} == {
+        "r", "lora_alpha", "target_modules", "lora_dropout", "rank_pattern", "alpha_pattern"
+    }  # fmt: skip
+    assert (metadata["text_encoder.r"], metadata["text_encoder.lora_alpha"], metadata["unet.lora_alpha"]) == (16, 8, 2)
+
+
+@pytest.mark.parametrize("build", [build_tiny_pipeline, build_tiny_sdxl_pipeline])
+def test_saved_pipeline_has_the_names_and_tokenizer_files_older_stacks_read(build, tmp_path):
+    pipe = build(image_size=32)
+    save_pipeline(pipe, tmp_path / "a")
+    weights = load_file(tmp_path / "a" / "text_encoder" / "model.safetensors")
+    assert all(k.startswith("text_model.") and not k.startswith("text_model.text_model.") for k in weights)
+    tokenizers = ["tokenizer", "tokenizer_2"] if hasattr(pipe, "tokenizer_2") else ["tokenizer"]
+    for name in tokenizers:
+        assert {"vocab.json", "merges.txt"} <= {f.name for f in (tmp_path / "a" / name).iterdir()}
+    reloaded = type(pipe).from_pretrained(tmp_path / "a")
+    save_pipeline(reloaded, tmp_path / "b")  # transformers 5 re-adds the names of a model it loaded with them
+    assert load_file(tmp_path / "b" / "text_encoder" / "model.safetensors").keys() == weights.keys()
+    for name in ("text_encoder", *(["text_encoder_2"] if tokenizers[1:] else [])):
+        ours, theirs = getattr(pipe, name).state_dict(), getattr(reloaded, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
 
 
 def test_stock_diffusers_and_peft_loading_are_exact(saved):

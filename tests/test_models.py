@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from texforce.architectures import build_sd_pipeline, build_tiny_pipeline
+from texforce.architectures import BUILT_IN, build_sd_pipeline, build_sdxl_pipeline, build_tiny_pipeline
 from texforce.config import LoraConfig, ModelConfig
 from texforce.errors import TexforceError
 from texforce.models import add_lora, load_pipeline, prepare_pipeline
@@ -46,3 +46,24 @@ def test_random_sd_architectures_have_the_published_sizes(architecture, unet, te
     counts = [sum(p.numel() for p in m.parameters()) for m in (pipe.unet, pipe.text_encoder, pipe.vae)]
     assert counts == [unet, text, vae]
     assert pipe.scheduler.config.prediction_type == ("v_prediction" if architecture == "sd21" else "epsilon")
+
+
+def test_random_sdxl_has_the_published_sizes():
+    """SDXL 1.0 base: U-Net 2,567,463,684; CLIP ViT-L 123,060,480; OpenCLIP bigG + projection 694,659,840;
+    VAE 83,653,863 (the parameter counts of stabilityai/stable-diffusion-xl-base-1.0's components)."""
+    with torch.device("meta"):
+        pipe = build_sdxl_pipeline()
+    parts = (pipe.unet, pipe.text_encoder, pipe.text_encoder_2, pipe.vae)
+    assert [sum(p.numel() for p in m.parameters()) for m in parts] == [
+        2_567_463_684, 123_060_480, 694_659_840, 83_653_863
+    ]  # fmt: skip
+    assert pipe.unet.config.cross_attention_dim == 768 + 1280 and pipe.vae.config.scaling_factor == 0.13025
+    assert pipe.tokenizer_2.pad_token == "!" and pipe.tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_built_in_names_and_foreign_pipelines(tmp_path):
+    assert {"texforce/tiny-random", "texforce/tiny-sdxl-random", "texforce/sdxl-random"} <= BUILT_IN.keys()
+    assert type(load_pipeline("texforce/tiny-sdxl-random")).__name__ == "StableDiffusionXLPipeline"
+    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    with pytest.raises(TexforceError, match=r"texforce trains StableDiffusionPipeline and .* this one is a FluxPipe"):
+        load_pipeline(str(tmp_path))

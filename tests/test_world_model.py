@@ -1,25 +1,65 @@
-"""The shipped world model: loads offline as a standard pipeline and draws 64×64 images."""
+"""The shipped world model: loads offline as a standard pipeline, in any stack, and draws 64×64 images."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+from transformers import CLIPTokenizer
 
 from texforce.world import CLIP_IMAGE_DIR, MODEL_DIR
 from texforce.world.evaluate import load_world_pipeline, sample_images
 from texforce.world.reward import WorldAlignmentReward, WorldClipScoreReward
 
 
-def test_shipped_model_is_small_fp16_and_ddim_offset():
+def safetensors_dtypes(weights) -> set[str]:
+    header_size = int.from_bytes(weights.read_bytes()[:8], "little")
+    header = json.loads(weights.read_bytes()[8 : 8 + header_size])
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def test_shipped_model_is_small_fp32_and_ddim_offset():
     total = sum(f.stat().st_size for f in MODEL_DIR.rglob("*") if f.is_file())
-    assert total < 20 * 2**20
+    assert total < 30 * 2**20
     for weights in MODEL_DIR.rglob("*.safetensors"):
-        header_size = int.from_bytes(weights.read_bytes()[:8], "little")
-        header = json.loads(weights.read_bytes()[8 : 8 + header_size])
-        assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F16"}, weights
+        assert safetensors_dtypes(weights) == {"F32"}, weights
     scheduler = json.loads((MODEL_DIR / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "DDIMScheduler" and scheduler["steps_offset"] == 1
+
+
+def test_shipped_weights_are_the_fp16_weights_shipped_before_13():
+    """Re-saved in fp32 with the canonical names: every value is the former fp16 one (digest of the fp16 files)."""
+    digest = hashlib.sha256()
+    for part in ("text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors"):  # fmt: skip
+        weights = {k.removeprefix("text_model."): v for k, v in load_file(MODEL_DIR / part).items()}
+        for key in sorted(weights):
+            assert torch.equal(weights[key].half().float(), weights[key]), key  # fp16 values, exactly
+            digest.update(key.encode())
+            digest.update(weights[key].half().numpy().tobytes())
+    assert digest.hexdigest() == "99b573da0f761bd930589a7fe7f2de5ee078d2148a47e01dfa80fc0f31ededdd"
+
+
+def test_shipped_files_load_in_every_stack_and_in_one_dtype(tmp_path):
+    """transformers 4 needs the `text_model.` names and vocab.json/merges.txt; a plain `from_pretrained` (no dtype)
+    gives fp32 everywhere and runs."""
+    assert all(k.startswith("text_model.") for k in load_file(MODEL_DIR / "text_encoder" / "model.safetensors"))
+    assert {"vocab.json", "merges.txt", "tokenizer.json"} <= {f.name for f in (MODEL_DIR / "tokenizer").iterdir()}
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR)
+    pipe.set_progress_bar_config(disable=True)
+    assert {next(m.parameters()).dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder)} == {torch.float32}
+    generator = torch.Generator().manual_seed(0)
+    images = pipe("a red circle", num_inference_steps=2, generator=generator, output_type="pt").images
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):  # the files transformers 4 reads
+        shutil.copy(MODEL_DIR / "tokenizer" / name, tmp_path / name)
+    prompts = ["two red circles left of a blue square", "a café, 3 ducks!"]
+    ids = CLIPTokenizer.from_pretrained(tmp_path)(prompts, padding="max_length").input_ids
+    assert ids == pipe.tokenizer(prompts, padding="max_length").input_ids and len(ids[0]) == 32
 
 
 def test_shipped_model_loads_offline_and_samples(monkeypatch):

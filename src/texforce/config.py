@@ -54,6 +54,15 @@ class UNetLoraConfig(LoraConfig):
 
 
 @dataclass
+class TextLora2Config:
+    """SDXL's second text encoder (OpenCLIP bigG): `text_lora` applies to it too, except what is set here."""
+
+    rank: int | None = None
+    alpha: float | None = None
+    target_modules: list[str] | None = None
+
+
+@dataclass
 class SampleConfig:
     """The DDIM sampler that generates the trajectories PPO learns from."""
 
@@ -155,6 +164,7 @@ class RunConfig:
     keep_checkpoints: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)
     text_lora: LoraConfig = field(default_factory=LoraConfig)
+    text_lora_2: TextLora2Config = field(default_factory=TextLora2Config)
     unet_lora: UNetLoraConfig = field(default_factory=UNetLoraConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -164,6 +174,14 @@ class RunConfig:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def text_lora_of(self, encoder: int) -> LoraConfig:
+        """The adapter of text encoder `encoder` (0; SDXL's second is 1): `text_lora`, with `text_lora_2`'s overrides
+        for the second."""
+        if encoder == 0:
+            return self.text_lora
+        overrides = {k: v for k, v in dataclasses.asdict(self.text_lora_2).items() if v is not None}
+        return dataclasses.replace(self.text_lora, **overrides)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -335,6 +353,10 @@ def validate(config: RunConfig) -> None:
         _check(lora.learning_rate > 0, f"{name}.learning_rate must be > 0, got {lora.learning_rate}")
         _check(lora.init in ("gaussian", "default"), f"{name}.init must be gaussian or default")
         _check(bool(lora.target_modules), f"{name}.target_modules must not be empty")
+    second = config.text_lora_2
+    _check(second.rank is None or second.rank >= 1, f"text_lora_2.rank must be >= 1, got {second.rank}")
+    _check(second.alpha is None or second.alpha > 0, f"text_lora_2.alpha must be > 0, got {second.alpha}")
+    _check(second.target_modules != [], "text_lora_2.target_modules must not be empty (unset: as text_lora's)")
     _check(s.num_steps >= 1, f"sample.num_steps must be >= 1, got {s.num_steps}")
     if t.algorithm == "ddpo":
         _check(

@@ -25,7 +25,7 @@ from texforce.errors import TexforceError
 from texforce.stats import estimate, std
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,12 @@ def summarise(rows: Sequence[dict], setups: Sequence[str], rewards: Sequence[str
     return summaries
 
 
-def load_setup(pipe: StableDiffusionPipeline, setup: AdapterSetup, base: str, adapter_name: str = "default") -> None:
+def load_setup(pipe: DiffusionPipeline, setup: AdapterSetup, base: str, adapter_name: str = "default") -> None:
     """Load a configuration's adapters onto `pipe` (the model `base`)."""
-    from texforce.export import load_adapter
+    from texforce.export import load_adapter, load_text_adapters
 
     if setup.text is not None:
-        load_adapter(pipe, setup.text, "text_encoder", adapter_name, base)
+        load_text_adapters(pipe, setup.text, adapter_name, base)
     if setup.unet is not None:
         load_adapter(pipe, setup.unet, "unet", adapter_name, base)
 
@@ -111,6 +111,7 @@ def render(setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequen
         generators = [torch.Generator().manual_seed(seed) for _ in prompts]
         output = pipe(
             list(prompts),
+            negative_prompt=[""] * len(prompts),  # encoded as in training (SDXL would otherwise use zeros)
             num_inference_steps=args["steps"],
             guidance_scale=args["guidance_scale"],
             eta=0.0,

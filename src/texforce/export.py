@@ -1,9 +1,14 @@
 """LoRA adapters on disk: save in both diffusers and PEFT formats, load either (ours or others'), fuse.
 
 Layout of an exported adapter folder (`RUN/lora`, and inside every checkpoint):
-    pytorch_lora_weights.safetensors  diffusers: `pipe.load_lora_weights(folder)`; alpha kept as metadata
+    pytorch_lora_weights.safetensors  diffusers: `pipe.load_lora_weights(folder)` (SD or SDXL); alpha kept as metadata
     text_encoder/                     PEFT: `PeftModel.from_pretrained(pipe.text_encoder, folder / "text_encoder")`
+    text_encoder_2/                   PEFT, SDXL's second text encoder
     unet/                             PEFT, only when a U-Net adapter was trained
+
+The diffusers file uses the canonical key layout, `text_encoder.text_model.encoder.layers.…` (transformers 5's
+`CLIPTextModel` has no `text_model` level, older stacks need it; diffusers reads both), and only the LoRA metadata
+that every peft version understands, so that the file loads under older diffusers/peft stacks too.
 """
 
 from __future__ import annotations
@@ -14,18 +19,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from transformers import CLIPTextModel
 
 from texforce.errors import TexforceError
+from texforce.models import TEXT_ENCODERS, text_encoders
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# LoRA metadata of our diffusers files: fields every peft's LoraConfig has (diffusers >= 0.34 passes the metadata to
+# it, and older peft versions refuse newer fields); diffusers 0.35 also requires the two patterns
+PORTABLE_LORA_FIELDS = ("r", "lora_alpha", "target_modules", "lora_dropout", "rank_pattern", "alpha_pattern")
 
 
 def lora_config_of(module: torch.nn.Module, adapter_name: str = "default") -> PeftLoraConfig:
@@ -43,40 +53,81 @@ def save_peft_adapter(module: torch.nn.Module, folder: Path, base_model: str, ad
     (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2, default=list))
 
 
+def canonical_lora_layers(module: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """`module`'s adapter in diffusers' key layout, with the `text_model.` level of a CLIP text model restored
+    where transformers 5 dropped it."""
+    state = get_peft_model_state_dict(module, adapter_name=adapter_name)
+    if isinstance(module, CLIPTextModel) and not hasattr(module, "text_model"):
+        state = {f"text_model.{key}": value for key, value in state.items()}
+    return convert_state_dict_to_diffusers(state)
+
+
 def save_adapters(
     folder: Path,
     text_encoder: torch.nn.Module | None,
     unet: torch.nn.Module | None,
     base_model: str,
     adapter_name: str = "default",
+    text_encoder_2: torch.nn.Module | None = None,
 ) -> None:
-    """Save adapter `adapter_name` of `text_encoder` and/or `unet` in both formats into `folder`."""
+    """Save adapter `adapter_name` of the given modules (SDXL: `text_encoder_2` too) in both formats into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     layers, metadata = {}, {}
-    for name, module in (("text_encoder", text_encoder), ("unet", unet)):
+    for name, module in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2), ("unet", unet)):
         if module is None:
             continue
-        state = get_peft_model_state_dict(module, adapter_name=adapter_name)
-        layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
-        metadata[f"{name}_lora_adapter_metadata"] = lora_config_of(module, adapter_name).to_dict()
+        layers[f"{name}_lora_layers"] = canonical_lora_layers(module, adapter_name)
+        config = lora_config_of(module, adapter_name).to_dict()
+        config["target_modules"] = sorted(config["target_modules"])
+        metadata[f"{name}_lora_adapter_metadata"] = {key: config[key] for key in PORTABLE_LORA_FIELDS}
         save_peft_adapter(module, folder / name, base_model, adapter_name)
-    StableDiffusionPipeline.save_lora_weights(folder, **layers, **metadata)
+    pipeline_class = StableDiffusionXLPipeline if text_encoder_2 is not None else StableDiffusionPipeline
+    pipeline_class.save_lora_weights(folder, **layers, **metadata)
 
 
-def _find_weights(path: Path) -> Path:
-    """Resolve a user-given adapter path: a file, an adapter folder, or a run folder (its `lora/`)."""
+def save_pipeline(pipe: DiffusionPipeline, folder: Path) -> None:
+    """`pipe.save_pretrained(folder)` (safetensors, in the pipeline's dtype) in files older stacks load correctly
+    too: CLIP text encoders' weights under the `text_model.` names transformers 4 needs (transformers 5 maps them
+    back; saved without them, transformers 4 silently leaves a random text encoder), and each tokenizer's
+    `vocab.json` and `merges.txt` beside `tokenizer.json` (transformers 4's `CLIPTokenizer` reads only those)."""
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for name, encoder in text_encoders(pipe).items():
+        if isinstance(encoder, CLIPTextModel) and not hasattr(encoder, "text_model"):
+            for weights in (folder / name).glob("*.safetensors"):
+                renamed = {_canonical(key): value for key, value in load_file(weights).items()}
+                save_file(renamed, weights, metadata={"format": "pt"})
+            index = folder / name / "model.safetensors.index.json"
+            if index.is_file():
+                data = json.loads(index.read_text())
+                data["weight_map"] = {_canonical(k): v for k, v in data["weight_map"].items()}
+                index.write_text(json.dumps(data, indent=2) + "\n")
+    for name in ("tokenizer", "tokenizer_2"):
+        tokenizer = getattr(pipe, name, None)
+        if tokenizer is not None:
+            tokenizer.backend_tokenizer.model.save(str(folder / name))
+
+
+def _canonical(key: str) -> str:
+    """A CLIP text model's weight name with its `text_model.` level (transformers 5 writes it only for a model it
+    loaded from such names)."""
+    return key if key.startswith("text_model.") else f"text_model.{key}"
+
+
+def _diffusers_file(path: Path) -> Path | None:
+    """The diffusers LoRA file of a user-given path: the file, or the one in an adapter folder or a run's `lora/`."""
     if path.is_file():
         return path
     for candidate in (path, path / "lora"):
         if (candidate / DIFFUSERS_WEIGHTS).is_file():
             return candidate / DIFFUSERS_WEIGHTS
-    raise TexforceError(
-        f"no LoRA adapter at {path}: expected {PEFT_CONFIG} (PEFT) or {DIFFUSERS_WEIGHTS} (diffusers) in it"
-    )
+    return None
 
 
 def _peft_folder(path: Path, component: str) -> Path | None:
-    for candidate in (path, path / component, path / "lora" / component):
+    """The PEFT folder of `component` under a user-given path; a bare PEFT folder is the (first) text encoder's or
+    the U-Net's, as `PeftModel.from_pretrained(pipe.text_encoder, folder)` reads the official releases."""
+    own = [] if component == "text_encoder_2" else [path]
+    for candidate in (*own, path / component, path / "lora" / component):
         if (candidate / PEFT_CONFIG).is_file():
             return candidate
     return None
@@ -93,7 +144,7 @@ def require_adapter(path: str | Path, what: str) -> Path:
 def adapter_base(path: str | Path) -> str | None:
     """The base model an adapter (PEFT folder, exported folder or run) records in its `adapter_config.json`."""
     path = Path(path).expanduser()
-    for component in ("text_encoder", "unet"):
+    for component in (*TEXT_ENCODERS, "unet"):
         folder = _peft_folder(path, component) if path.is_dir() else None
         if folder is not None:
             return json.loads((folder / PEFT_CONFIG).read_text()).get("base_model_name_or_path")
@@ -145,41 +196,83 @@ def _load_peft(folder: Path, module: torch.nn.Module, adapter_name: str, base: s
         raise _misfit(folder, module, base, ValueError(f"{count} weights it lacks, e.g. {result.unexpected_keys[0]}"))
 
 
+def _load_component(
+    pipe: DiffusionPipeline, path: Path, component: str, adapter_name: str, base: str | None
+) -> Path | None:
+    """Load `component`'s LoRA from `path` (PEFT folder or diffusers file) when it holds one; the file or folder
+    it came from, else None."""
+    module = getattr(pipe, component)
+    folder = _peft_folder(path, component) if path.is_dir() else None
+    if folder is not None:
+        _load_peft(folder, module, adapter_name, base)
+        return folder
+    weights = _diffusers_file(path)
+    if weights is None:
+        return None
+    try:
+        state, alphas, metadata = pipe.lora_state_dict(str(weights), return_lora_metadata=True)
+    except Exception as error:  # diffusers raises many types for foreign files
+        raise TexforceError(f"cannot read LoRA file {weights}: {error}".splitlines()[0]) from None
+    if not any(k.startswith(f"{component}.") for k in state):
+        return None
+    try:
+        if component == "unet":
+            pipe.load_lora_into_unet(state, alphas, module, adapter_name=adapter_name, metadata=metadata)
+        else:
+            pipe.load_lora_into_text_encoder(
+                state, alphas, module, prefix=component, adapter_name=adapter_name, metadata=metadata
+            )
+    except (RuntimeError, ValueError) as error:
+        raise _misfit(weights, module, base, error) from None
+    return weights
+
+
+def _nothing_for(path: Path, what: str) -> TexforceError:
+    weights = _diffusers_file(path)
+    if weights is None:
+        return TexforceError(
+            f"no LoRA adapter at {path}: expected {PEFT_CONFIG} (PEFT) or {DIFFUSERS_WEIGHTS} (diffusers) in it"
+        )
+    return TexforceError(f"{weights} holds no {what} LoRA weights")
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise TexforceError(f"adapter not found: {path}")
+    return path
+
+
 def load_adapter(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline,
     path: str | Path,
     component: str,
     adapter_name: str = "default",
     base: str | None = None,
 ) -> None:
-    """Load a LoRA for `component` ("text_encoder" or "unet") of `pipe`, in PEFT or any diffusers format.
+    """Load a LoRA for `component` ("text_encoder", "text_encoder_2" or "unet") of `pipe`, in PEFT or any
+    diffusers format.
 
     Other components' weights in a diffusers file are ignored, so `--text-lora` and `--unet-lora` may
     point at two different adapters (the paper's plug-in stacking). `base` names `pipe`'s model in the error of
     an adapter that does not fit it.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise TexforceError(f"adapter not found: {path}")
-    module = getattr(pipe, component)
-    folder = _peft_folder(path, component) if path.is_dir() else None
-    if folder is not None:
-        _load_peft(folder, module, adapter_name, base)
-        return
-    weights = _find_weights(path)
-    try:
-        state, alphas, metadata = pipe.lora_state_dict(str(weights), return_lora_metadata=True)
-    except Exception as error:  # diffusers raises many types for foreign files
-        raise TexforceError(f"cannot read LoRA file {weights}: {error}".splitlines()[0]) from None
-    prefix = f"{component}."
-    if not any(k.startswith(prefix) for k in state):
-        raise TexforceError(f"{weights} holds no {component} LoRA weights")
-    loader = pipe.load_lora_into_text_encoder if component == "text_encoder" else pipe.load_lora_into_unet
-    kwargs = {"prefix": "text_encoder"} if component == "text_encoder" else {}
-    try:
-        loader(state, alphas, module, adapter_name=adapter_name, metadata=metadata, **kwargs)
-    except (RuntimeError, ValueError) as error:
-        raise _misfit(weights, module, base, error) from None
+    path = _existing(path)
+    if _load_component(pipe, path, component, adapter_name, base) is None:
+        raise _nothing_for(path, component)
+
+
+def load_text_adapters(
+    pipe: DiffusionPipeline, path: str | Path, adapter_name: str = "default", base: str | None = None
+) -> list[str]:
+    """Load a text-encoder LoRA (`--text-lora`) into each text encoder of `pipe` it holds weights for: SD's one,
+    SDXL's two. Reads our folders and runs, PEFT folders (the official `sd-turbo_texforce`) and diffusers files
+    (the official `sdxl-turbo_texforce`). Returns the components loaded."""
+    path = _existing(path)
+    loaded = [c for c in text_encoders(pipe) if _load_component(pipe, path, c, adapter_name, base) is not None]
+    if not loaded:
+        raise _nothing_for(path, "text-encoder")
+    return loaded
 
 
 def fuse_adapters(module: torch.nn.Module, adapter_names: Sequence[str], weights: Sequence[float]) -> None:
@@ -215,7 +308,8 @@ def fuse_adapters(module: torch.nn.Module, adapter_names: Sequence[str], weights
 
 
 def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Sequence[float], output: Path) -> Path:
-    """`texforce fuse`: load text-encoder adapters of `base`, fuse them, save the result in both formats.
+    """`texforce fuse`: load text-encoder adapters of `base` (SDXL: of both encoders), fuse them, save the result in
+    both formats.
 
     Written to a temporary folder first, so `output` is either complete or absent.
     """
@@ -224,10 +318,18 @@ def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Seque
 
     pipe = prepare_pipeline(ModelConfig(base=base, device="cpu"), torch.device("cpu"))
     names = [f"adapter{i}" for i in range(len(adapters))]
-    for name, adapter in zip(names, adapters, strict=True):
-        load_adapter(pipe, adapter, "text_encoder", adapter_name=name, base=base)
-    fuse_adapters(pipe.text_encoder, names, weights)
-    write_folder_atomically(output, lambda tmp: save_adapters(tmp, pipe.text_encoder, None, base, "fused"))
+    covered = [load_text_adapters(pipe, adapter, name, base) for name, adapter in zip(names, adapters, strict=True)]
+    if any(components != covered[0] for components in covered):
+        raise TexforceError(f"adapters cover different text encoders ({covered}); they cannot be fused")
+    for component in covered[0]:
+        fuse_adapters(getattr(pipe, component), names, weights)
+    fused = {component: getattr(pipe, component) for component in covered[0]}
+
+    def write(folder: Path) -> None:
+        second = fused.get("text_encoder_2")
+        save_adapters(folder, fused.get("text_encoder"), None, base, "fused", text_encoder_2=second)
+
+    write_folder_atomically(output, write)
     return output
 
 

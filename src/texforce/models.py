@@ -1,4 +1,4 @@
-"""Base models: load a Stable Diffusion pipeline (hub id, local folder or a built-in), freeze it, add LoRA.
+"""Base models: load a Stable Diffusion or SDXL pipeline (hub id, local folder or a built-in), freeze it, add LoRA.
 
 Built-ins come from `architectures.py` (random weights) and `texforce.world` (the offline world's model).
 
@@ -8,19 +8,19 @@ LoRA weights are always fp32, as diffusers' own LoRA training scripts keep them.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig as PeftLoraConfig
 
-from texforce.architectures import RANDOM_ARCHITECTURES, build_sd_pipeline, build_tiny_pipeline
+from texforce.architectures import BUILT_IN
 from texforce.config import LoraConfig, ModelConfig
 from texforce.errors import TexforceError
 
-TINY_RANDOM = "texforce/tiny-random"
 WORLD = "texforce/world"  # the offline world's own Stable Diffusion, shipped in the package
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -40,31 +40,29 @@ def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name] if device.type == "cuda" else torch.float32
 
 
-def load_pipeline(base: str, revision: str | None = None) -> StableDiffusionPipeline:
-    """Load a `StableDiffusionPipeline` from a hub id, a local folder or a built-in name, in fp32 on the CPU.
+def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
+    """Load a `StableDiffusionPipeline` or `StableDiffusionXLPipeline` from a hub id, a local folder or a built-in
+    name, in fp32 on the CPU, with a DDIM scheduler that keeps the model's own timestep spacing (SD-Turbo's and
+    SDXL-Turbo's `trailing`).
 
-    Built-ins: `texforce/world` (the offline world's model), `texforce/tiny-random` (a few MB, random),
-    `texforce/sd15-random`, `texforce/sd21-random` (true architectures, random weights).
+    Built-ins: `texforce/world` (the offline world's model), `texforce/tiny-random` and `texforce/tiny-sdxl-random`
+    (a few MB, random), `texforce/sd15-random`, `texforce/sd21-random`, `texforce/sdxl-random` (true architectures,
+    random weights).
     """
-    if base == TINY_RANDOM:
-        return build_tiny_pipeline()
+    if base in BUILT_IN:
+        return BUILT_IN[base]()
     if base == WORLD:
         from texforce.world import MODEL_DIR
 
         base = str(MODEL_DIR)
-    if base in RANDOM_ARCHITECTURES:
-        return build_sd_pipeline(RANDOM_ARCHITECTURES[base])
     path = Path(base).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise TexforceError(f"{base} is not a diffusers pipeline folder (no model_index.json in it)")
-        source = str(path)
-    else:
-        source = base
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise TexforceError(f"{base} is not a diffusers pipeline folder (no model_index.json in it)")
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, revision=revision, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
-        )
+        folder = path if path.exists() else Path(DiffusionPipeline.download(base, revision=revision))
+        cls = _pipeline_class(json.loads((folder / "model_index.json").read_text()))
+        extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
+        pipe = cls.from_pretrained(str(folder), dtype=torch.float32, **extra)
     except (OSError, ValueError) as error:
         if path.exists():
             raise TexforceError(f"cannot load the pipeline in {base}: {error}".replace("\n", " ")) from None
@@ -76,14 +74,33 @@ def load_pipeline(base: str, revision: str | None = None) -> StableDiffusionPipe
             f"on a machine with internet run `hf download {base}` (then copy the cache), "
             f"or pass a local folder saved with `pipe.save_pretrained(folder)`"
         ) from None
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # keeps timestep_spacing, steps_offset, …
     return pipe
 
 
-def prepare_pipeline(config: ModelConfig, device: torch.device) -> StableDiffusionPipeline:
+PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+
+
+def _pipeline_class(index: dict) -> type[DiffusionPipeline]:
+    """The class of a `model_index.json`: SD (1.x, 2.x, SD-Turbo) or SDXL (base, SDXL-Turbo); others are refused."""
+    name = index.get("_class_name")
+    if name not in PIPELINES:
+        raise TexforceError(f"texforce trains {' and '.join(PIPELINES)} text-to-image models; this one is a {name}")
+    return PIPELINES[name]
+
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SD has the first, SDXL both
+
+
+def text_encoders(pipe: DiffusionPipeline) -> dict[str, torch.nn.Module]:
+    """The pipeline's text encoders by component name: `text_encoder` (SD), and `text_encoder_2` too (SDXL)."""
+    return {name: getattr(pipe, name) for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None}
+
+
+def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipeline:
     """Load the base pipeline, freeze every weight, and move it to `device` in its frozen dtype."""
     pipe = load_pipeline(config.base, config.revision)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    for module in (pipe.unet, pipe.vae, *text_encoders(pipe).values()):
         module.requires_grad_(False)
         module.eval()
     dtype = frozen_dtype(config.dtype, device)

@@ -1,8 +1,9 @@
-"""The policy: LoRA adapters on a frozen diffusion pipeline — on the text encoder (TexForce) and optionally the U-Net.
+"""The policy: LoRA adapters on a frozen diffusion pipeline — on the text encoders (TexForce) and optionally the U-Net.
 
-It turns prompts into embeddings (through the text-encoder LoRA, with gradients while training) and embeddings into
-noise predictions. `sample` records DDPO's stochastic chains; `generate` renders final images (evaluation). Every
-algorithm trains the same policy; only how its gradient is estimated differs (`texforce.algorithms`).
+It turns prompts into conditioning (through the text-encoder LoRAs, with gradients while training) and conditioning
+into noise predictions. Stable Diffusion has one text encoder, SDXL two: they are a list here, and every path serves
+both. `sample` records DDPO's stochastic chains; `generate` renders final images (evaluation). Every algorithm trains
+the same policy; only how its gradient is estimated differs (`texforce.algorithms`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import torch
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from texforce.config import RunConfig
+from texforce.config import RunConfig, TextLora2Config
+from texforce.errors import TexforceError
 from texforce.export import PEFT_PREFIX, PEFT_WEIGHTS, save_adapters
-from texforce.models import add_lora, prepare_pipeline
+from texforce.models import add_lora, prepare_pipeline, text_encoders
 from texforce.sampling import (
+    Conditioning,
     NoisePredictor,
     Trajectory,
     decode_latents,
@@ -46,51 +49,91 @@ class Policy:
         self.device = device
         self.pipe = prepare_pipeline(config.model, device)
         self.scheduler = self.pipe.scheduler
-        self.tokenizer, self.text_encoder = self.pipe.tokenizer, self.pipe.text_encoder
+        self.text_encoders = text_encoders(self.pipe)  # by component name: text_encoder[, text_encoder_2]
+        self.tokenizers = [getattr(self.pipe, n.replace("text_encoder", "tokenizer")) for n in self.text_encoders]
         self.unet, self.vae = self.pipe.unet, self.pipe.vae
+        if len(self.text_encoders) == 1 and config.text_lora_2 != TextLora2Config():
+            raise TexforceError(f"text_lora_2 sets SDXL's second text encoder; {config.model.base} has only one")
         self.param_groups: list[dict] = []
         if config.text_lora.use:
-            params = add_lora(self.text_encoder, config.text_lora, config.seed)
+            seeds = (config.seed, config.seed + 2)  # + 1 is the U-Net's
+            params = [
+                p
+                for index, (encoder, seed) in enumerate(zip(self.text_encoders.values(), seeds, strict=False))
+                for p in add_lora(encoder, config.text_lora_of(index), seed)
+            ]
             self.param_groups.append({"params": params, "lr": config.text_lora.learning_rate})
         if config.unet_lora.use:
             params = add_lora(self.unet, config.unet_lora, config.seed + 1)
             self.param_groups.append({"params": params, "lr": config.unet_lora.learning_rate})
         self.trainable = [p for group in self.param_groups for p in group["params"]]
-        self.negative_ids = tokenize(self.tokenizer, [config.sample.negative_prompt])
-        self._base_negative: torch.Tensor | None = None  # (1, L, D), the negative prompt off the LoRA
+        self.time_ids = self._time_ids()
+        self.negative_ids = self.tokenize([config.sample.negative_prompt])
+        self._base_negative: Conditioning | None = None  # batch 1, the negative prompt off the LoRA
 
-    # ------------------------------------------------------------------ prompts → embeddings → noise
+    # ------------------------------------------------------------------ prompts → conditioning → noise
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        return tokenize(self.tokenizer, prompts)
+        """Token ids (B, L) of every tokenizer side by side (SDXL: its two tokenizers pad differently)."""
+        return torch.cat([tokenize(tokenizer, prompts) for tokenizer in self.tokenizers], dim=1)
 
-    def encode(self, prompt_ids: torch.Tensor) -> torch.Tensor:
-        """Prompt embeddings (B, L, D) from the text encoder, LoRA included."""
-        return self.text_encoder(prompt_ids.to(self.device))[0]
+    def encode(self, prompt_ids: torch.Tensor) -> Conditioning:
+        """The conditioning of these prompts through the text encoders, LoRA included.
+
+        SD: the last hidden state (B, L, D). SDXL, as `StableDiffusionXLPipeline.encode_prompt`: both encoders'
+        penultimate hidden states side by side (B, 77, D1 + D2), the second encoder's projected pooled output (B, P),
+        and the time ids of `sample.resolution`.
+        """
+        lengths = [tokenizer.model_max_length for tokenizer in self.tokenizers]
+        ids = prompt_ids.to(self.device).split(lengths, dim=1)
+        encoders = list(self.text_encoders.values())
+        if len(encoders) == 1:
+            return Conditioning(encoders[0](ids[0])[0])
+        outputs = [encoder(i, output_hidden_states=True) for encoder, i in zip(encoders, ids, strict=True)]
+        prompt_embeds = torch.cat([output.hidden_states[-2] for output in outputs], dim=-1)
+        time_ids = self.time_ids.to(self.device).expand(len(prompt_embeds), -1)
+        return Conditioning(prompt_embeds, outputs[-1].text_embeds, time_ids)
+
+    def _time_ids(self) -> torch.Tensor | None:
+        """SDXL's (1, 6) size and crop conditioning of an uncropped image at `sample.resolution`, by the
+        pipeline's own `_get_add_time_ids`; None for SD."""
+        if "text_encoder_2" not in self.text_encoders:
+            return None
+        size = (self.latent_shape[1] * self.pipe.vae_scale_factor,) * 2
+        return self.pipe._get_add_time_ids(
+            size,
+            (0, 0),
+            size,
+            dtype=torch.float32,
+            text_encoder_projection_dim=self.text_encoders["text_encoder_2"].config.projection_dim,
+        )
 
     @property
     def uses_guidance(self) -> bool:
         return self.config.sample.guidance_scale > 1
 
-    def negative_embeds(self, batch_size: int) -> torch.Tensor:
-        """Embeddings of the negative prompt, through the LoRA unless `train.use_lora_for_negative` is off.
+    def negative_embeds(self, batch_size: int) -> Conditioning:
+        """The negative prompt's conditioning, through the LoRA unless `train.use_lora_for_negative` is off.
 
-        Off the LoRA (or with no text-encoder LoRA) they are a constant of the run, encoded once.
+        Off the LoRA (or with no text-encoder LoRA) it is a constant of the run, encoded once.
         """
         if self.config.train.use_lora_for_negative and self.config.text_lora.use:
             return self.encode(self.negative_ids.expand(batch_size, -1))
         if self._base_negative is None:
             with torch.no_grad():
-                if self.config.text_lora.use:
-                    self.text_encoder.disable_adapters()
+                self._set_text_adapters(False)
                 try:
                     self._base_negative = self.encode(self.negative_ids)
                 finally:
-                    if self.config.text_lora.use:
-                        self.text_encoder.enable_adapters()
-        return self._base_negative.expand(batch_size, -1, -1)
+                    self._set_text_adapters(True)
+        return self._base_negative.map(lambda t: t.expand(batch_size, *t.shape[1:]))
 
-    def noise_predictor(self, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None) -> NoisePredictor:
-        return guided_noise_fn(self.unet, prompt_embeds, negative_embeds, self.config.sample.guidance_scale)
+    def _set_text_adapters(self, enabled: bool) -> None:
+        if self.config.text_lora.use:
+            for encoder in self.text_encoders.values():
+                encoder.enable_adapters() if enabled else encoder.disable_adapters()
+
+    def noise_predictor(self, conditioning: Conditioning, negative: Conditioning | None) -> NoisePredictor:
+        return guided_noise_fn(self.unet, conditioning, negative, self.config.sample.guidance_scale)
 
     def conditioned_predictor(self, prompt_ids: torch.Tensor) -> NoisePredictor:
         """The noise predictor for these prompts, graph kept when gradients are enabled."""
@@ -159,21 +202,24 @@ class Policy:
         return decode_latents(self.vae, latents).cpu()
 
     # ------------------------------------------------------------------ adapters on disk
+    def _trained_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules with a trained adapter, by component name."""
+        modules = dict(self.text_encoders) if self.config.text_lora.use else {}
+        return {**modules, "unet": self.unet} if self.config.unet_lora.use else modules
+
     def save_adapters(self, folder: Path) -> None:
         """Both formats (diffusers + PEFT) of the trained adapters into `folder`."""
+        modules = self._trained_modules()
         save_adapters(
             folder,
-            self.text_encoder if self.config.text_lora.use else None,
-            self.unet if self.config.unet_lora.use else None,
+            modules.get("text_encoder"),
+            modules.get("unet"),
             self.config.model.base,
+            text_encoder_2=modules.get("text_encoder_2"),
         )
 
     def load_adapters(self, folder: Path) -> None:
         """Restore the trained adapters from a folder `save_adapters` wrote (a checkpoint's `lora/`)."""
-        for name, module, use in (
-            ("text_encoder", self.text_encoder, self.config.text_lora.use),
-            ("unet", self.unet, self.config.unet_lora.use),
-        ):
-            if use:
-                weights = load_file(folder / name / PEFT_WEIGHTS)
-                set_peft_model_state_dict(module, {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()})
+        for name, module in self._trained_modules().items():
+            weights = load_file(folder / name / PEFT_WEIGHTS)
+            set_peft_model_state_dict(module, {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()})

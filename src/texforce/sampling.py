@@ -30,7 +30,8 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 class Trajectory:
     """One batch of sampled denoising chains; everything PPO needs to replay them.
 
-    prompts: B strings; prompt_ids (B, L) token ids (the update re-encodes them with gradients);
+    prompts: B strings; prompt_ids (B, L) token ids of every tokenizer side by side (SD: one, L = 77; SDXL: two,
+    L = 2 × 77), which the update re-encodes with gradients;
     latents (B, T+1, C, h, w) from pure noise to the final latent; log_probs (B, T) of each transition;
     timesteps (T,) in sampling order; images (B, 3, H, W) in [0, 1].
     """
@@ -41,6 +42,39 @@ class Trajectory:
     log_probs: torch.Tensor
     timesteps: torch.Tensor
     images: torch.Tensor
+
+
+@dataclass
+class Conditioning:
+    """What the U-Net is conditioned on, for B samples: prompt embeddings (B, L, D) and, for SDXL, the pooled
+    embeddings (B, P) and size/crop time ids (B, 6) that `StableDiffusionXLPipeline` passes as `added_cond_kwargs`."""
+
+    prompt_embeds: torch.Tensor
+    pooled_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def _fields(self) -> tuple[torch.Tensor | None, ...]:
+        return self.prompt_embeds, self.pooled_embeds, self.time_ids
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Its tensors, in field order (prompt embeddings first)."""
+        return [t for t in self._fields() if t is not None]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Conditioning:
+        """The same conditioning with `fn` applied to each of its tensors."""
+        return Conditioning(*(None if t is None else fn(t) for t in self._fields()))
+
+    def unet_kwargs(self, dtype: torch.dtype, negative: Conditioning | None = None) -> dict:
+        """Keyword arguments of the U-Net call, in `dtype`; with `negative`, its rows first (a CFG batch of 2B)."""
+        both = self
+        if negative is not None:
+            pairs = zip(negative._fields(), self._fields(), strict=True)
+            both = Conditioning(*(None if n is None else torch.cat([n, p]) for n, p in pairs))
+        kwargs: dict = {"encoder_hidden_states": both.prompt_embeds.to(dtype)}
+        if both.pooled_embeds is not None:
+            added = {"text_embeds": both.pooled_embeds.to(dtype), "time_ids": both.time_ids.to(dtype)}
+            kwargs["added_cond_kwargs"] = added
+        return kwargs
 
 
 def _alphas(scheduler: DDIMScheduler, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -128,18 +162,25 @@ def ddim_step_with_logprob(
 
 
 def check_schedule(scheduler: DDIMScheduler, num_steps: int) -> None:
-    """Every step must have positive variance, else its log-prob is NaN and one update poisons the LoRA."""
+    """Every step of `num_steps` must have positive variance, else its log-prob is NaN and one update poisons the
+    LoRA. Any spacing (leading, trailing, linspace) and any number of steps, one included."""
     scheduler.set_timesteps(num_steps)
-    timesteps = scheduler.timesteps
-    probe = torch.zeros(len(timesteps), 1)
-    a_t, a_prev = _alphas(scheduler, timesteps.long(), probe)
-    zero = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) <= 0
-    if zero.any():
-        bad = timesteps[zero.view(-1)].tolist()
+    _check_variance(scheduler)
+
+
+def _check_variance(scheduler: DDIMScheduler) -> None:
+    """Raise a one-line `TexforceError` naming the steps of the scheduler's current timesteps whose variance is not
+    positive (or undefined)."""
+    timesteps = scheduler.timesteps.cpu()
+    a_t, a_prev = _alphas(scheduler, timesteps.long(), torch.zeros(len(timesteps), 1))
+    positive = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) > 0  # False for 0 and NaN
+    if not positive.all():
+        c = scheduler.config
+        bad = timesteps[~positive.view(-1)].tolist()
         raise TexforceError(
-            f"the DDIM schedule has zero-variance steps at t={bad} (steps_offset="
-            f"{scheduler.config.steps_offset}, set_alpha_to_one={scheduler.config.set_alpha_to_one}); "
-            "their log-probability is undefined: use steps_offset=1 or fewer sampling steps"
+            f"the DDIM schedule ({c.timestep_spacing} spacing, steps_offset={c.steps_offset}, set_alpha_to_one="
+            f"{c.set_alpha_to_one}, {len(timesteps)} steps) has zero-variance steps at t={bad}; their log-probability "
+            "is undefined: use set_alpha_to_one=false, steps_offset=1 (leading spacing) or fewer sampling steps"
         )
 
 
@@ -148,25 +189,30 @@ NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def guided_noise_fn(
     unet: torch.nn.Module,
-    prompt_embeds: torch.Tensor,
-    negative_embeds: torch.Tensor | None,
+    prompt_embeds: Conditioning | torch.Tensor,
+    negative_embeds: Conditioning | torch.Tensor | None,
     guidance_scale: float,
 ) -> NoisePredictor:
     """`(latents (B,C,h,w), timesteps (B,)) -> noise prediction (B,C,h,w)` with classifier-free guidance.
 
-    The negative and positive branches run as one U-Net batch of 2B, as diffusers does at inference.
-    Without `negative_embeds` (guidance disabled) only the positive branch runs.
+    The conditioning is a `Conditioning` (SDXL's pooled embeddings and time ids go in `added_cond_kwargs`) or bare
+    prompt embeddings (B, L, D). The negative and positive branches run as one U-Net batch of 2B, as diffusers does
+    at inference. Without `negative_embeds` (guidance disabled) only the positive branch runs.
     Guidance applies when `guidance_scale` > 1, as in diffusers.
     """
     dtype = next(unet.parameters()).dtype
+    positive = prompt_embeds if isinstance(prompt_embeds, Conditioning) else Conditioning(prompt_embeds)
+    negative = negative_embeds
+    if negative is not None and not isinstance(negative, Conditioning):
+        negative = Conditioning(negative)
 
     def predict(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        if negative_embeds is None or guidance_scale <= 1:
-            return unet(latents.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype)).sample
+        if negative is None or guidance_scale <= 1:
+            return unet(latents.to(dtype), timesteps, **positive.unet_kwargs(dtype)).sample
         output = unet(
             torch.cat([latents, latents]).to(dtype),
             torch.cat([timesteps, timesteps]),
-            encoder_hidden_states=torch.cat([negative_embeds, prompt_embeds]).to(dtype),
+            **positive.unet_kwargs(dtype, negative),
         ).sample
         uncond, cond = output.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
@@ -184,8 +230,11 @@ def sample_latents(
     generator: torch.Generator | None = None,
     progress: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the DDIM chain from `initial_latents`. Returns latents (B, T+1, ...), log_probs (B, T), timesteps (T,)."""
+    """Run the DDIM chain from `initial_latents`. Returns latents (B, T+1, ...), log_probs (B, T), timesteps (T,).
+
+    A schedule with a zero-variance step is refused (one line) before any U-Net call: its log-prob would be NaN."""
     scheduler.set_timesteps(num_steps, device=initial_latents.device)
+    _check_variance(scheduler)
     latents = initial_latents * scheduler.init_noise_sigma
     all_latents, all_log_probs = [latents], []
     for t in scheduler.timesteps:

@@ -49,7 +49,10 @@ def load_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {tok: i for i, tok in enumerate(tokens)}, [tuple(m.split()) for m in merges]
 
 
-def build_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
-    """A `CLIPTokenizer` identical to openai/clip-vit-large-patch14's, built without any download."""
+def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """A `CLIPTokenizer` identical to openai/clip-vit-large-patch14's, built without any download. With
+    `pad_token="!"` it is OpenCLIP's (SDXL's `tokenizer_2`): the same vocabulary, padded with id 0."""
     vocab, merges = load_clip_vocab()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
+    return CLIPTokenizer(
+        vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length, pad_token=pad_token
+    )

@@ -133,8 +133,9 @@ class DDPO:
         with torch.set_grad_enabled(text_trainable):
             embeds = policy.encode(trajectory.prompt_ids[rows])
             negative = policy.negative_embeds(len(rows)) if c.ddpo.use_cfg and policy.uses_guidance else None
+        # the conditioning's tensors as leaves: their gradients, summed over the steps, cross the encoders once
         leaves = [
-            e.detach().requires_grad_(text_trainable and e.requires_grad) if e is not None else None
+            e.map(lambda t: t.detach().requires_grad_(text_trainable and t.requires_grad)) if e is not None else None
             for e in (embeds, negative)
         ]
         predict = policy.noise_predictor(leaves[0], leaves[1])
@@ -158,9 +159,11 @@ class DDPO:
             for key in ("loss", "approx_kl", "clipfrac", "ratio"):
                 totals[key] += getattr(stats, key).item() / steps.shape[1]
         pairs = [
-            (e, leaf.grad)
-            for e, leaf in zip((embeds, negative), leaves, strict=True)
-            if leaf is not None and leaf.grad is not None
+            (tensor, leaf.grad)
+            for e, leaves_of_e in zip((embeds, negative), leaves, strict=True)
+            if e is not None
+            for tensor, leaf in zip(e.tensors(), leaves_of_e.tensors(), strict=True)
+            if leaf.grad is not None
         ]
         if pairs:
             torch.autograd.backward(*zip(*pairs, strict=True))

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="base model: hub id, local folder or built-in (default: the adapter's, else "
                         "the offline world)")  # fmt: skip
     parser.add_argument(
-        "--text-lora", metavar="PATH", help="text-encoder adapter: PEFT folder, diffusers file/folder, or run"
+        "--text-lora",
+        metavar="PATH",
+        help="text-encoder adapter (SDXL: both encoders'): PEFT folder, diffusers file/folder, or run",
     )
     parser.add_argument(
         "--unet-lora", metavar="PATH", help="U-Net adapter: PEFT folder, diffusers file/folder, or run"
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from texforce.config import ModelConfig
     from texforce.defaults import choose_base, config_for, judge
-    from texforce.export import load_adapter, require_adapter
+    from texforce.export import load_adapter, load_text_adapters, require_adapter
     from texforce.images import caption, make_grid, save_png, to_pil
     from texforce.models import prepare_pipeline, resolve_device
     from texforce.prompts import load_prompt_set
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     pipe = prepare_pipeline(ModelConfig(base=base, dtype=args.dtype), device)
     if args.text_lora:
-        load_adapter(pipe, args.text_lora, "text_encoder", base=base)
+        load_text_adapters(pipe, args.text_lora, base=base)
     if args.unet_lora:
         load_adapter(pipe, args.unet_lora, "unet", base=base)
     reward = build_reward(reward_spec, device) if reward_spec != "none" else None
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         for seed in seeds:
             output_images = pipe(
                 prompt,
-                negative_prompt=args.negative_prompt or None,
+                negative_prompt=args.negative_prompt,  # "" is encoded, as in training (SDXL: not zeros)
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 eta=args.eta,

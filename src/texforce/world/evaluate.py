@@ -16,7 +16,7 @@ from texforce.world.scenes import FAMILIES, family_prompts, render_pool
 
 
 def load_world_pipeline(model_dir: str | Path | None = None) -> StableDiffusionPipeline:
-    """The world pipeline in fp32 on the CPU (the files are fp16), offline, without progress bars."""
+    """The world pipeline in fp32 on the CPU, offline, without progress bars."""
     model_dir = Path(model_dir or MODEL_DIR)
     if not (model_dir / "model_index.json").is_file():
         raise TexforceError(f"{model_dir} is not a pipeline folder; run `texforce world pretrain`")

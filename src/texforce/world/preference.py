@@ -35,9 +35,11 @@ from torch import nn
 
 from texforce.errors import TexforceError
 from texforce.world.scenes import (
+    COLORS,
     IMAGE_SIZE,
     RELATIONS,
     SEEN_PAIRS,
+    SHAPES,
     PlacedObject,
     SceneSpec,
     caption_spec,
@@ -47,11 +49,13 @@ from texforce.world.scenes import (
     place_scene,
     render_scene,
     sample_spec,
+    spec_split,
 )
 
 Log = Callable[[str], None]
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+OBJECT_TARGETS = len(COLORS) * (len(SHAPES) + 3)  # per colour: a count per shape (or none), centre x and y
 JUDGED_FAMILIES = {"single": 0.2, "count": 0.35, "relation": 0.45}  # the share of prompts of each family
 
 
@@ -63,16 +67,17 @@ class PreferenceConfig:
     # judgments of generated images
     num_prompts: int = 1536
     samples_per_prompt: int = 8
-    text_perturbations: tuple[float, ...] = (0.0, 0.0, 0.05, 0.1, 0.2)  # std of random text-encoder LoRA B
-    unet_perturbations: tuple[float, ...] = (0.0, 0.0, 0.05, 0.1, 0.2)  # std of random U-Net LoRA B
-    guidance_scales: tuple[float, ...] = (3.0, 5.0, 7.0)
+    # random LoRA perturbations (std of B): mostly the neighbourhood a fine-tuned adapter explores, some far off
+    text_perturbations: tuple[float, ...] = (0.0, 0.0, 0.02, 0.05, 0.1, 0.2)
+    unet_perturbations: tuple[float, ...] = (0.0, 0.0, 0.0, 0.03, 0.06, 0.15)
+    guidance_scales: tuple[float, ...] = (4.0, 5.0, 6.0)
     etas: tuple[float, ...] = (0.0, 1.0)
     num_steps: int = 20
     # rendered scenes, true or near-miss captions
     num_rendered_groups: int = 1536
     rendered_per_group: int = 8
     # validation on held-out prompts
-    num_val_prompts: int = 256
+    num_val_prompts: int = 192
     val_samples_per_prompt: int = 8
     # the network
     width: int = 96
@@ -83,6 +88,7 @@ class PreferenceConfig:
     prompts_per_batch: int = 8  # groups of one prompt's images: the ranking loss compares within a group
     learning_rate: float = 1e-3
     ranking_weight: float = 0.5
+    objects_weight: float = 0.1  # auxiliary loss: predict what the exact judge's detector sees
     num_threads: int = 2
 
     def validate(self) -> None:
@@ -249,17 +255,20 @@ def _extra_object(placed: list[PlacedObject], rng: np.random.Generator) -> list[
 
 
 def render_judgments(num_groups: int, per_group: int, seed: int) -> Judgments:
-    """Groups of rendered scenes sharing one caption: the captioned scene itself (first of the group) and near
-    misses of it or the scene with an extra object; each judged by the exact reward."""
+    """Groups of rendered scenes sharing one caption (a training-split claim): the captioned scene itself (first of
+    the group) and near misses of it or the scene with an extra object; each judged by the exact reward."""
     from texforce.world.reward import WorldAlignmentReward
 
     rng = np.random.default_rng(seed)
     names = list(JUDGED_FAMILIES)
     weights = np.array(list(JUDGED_FAMILIES.values()))
     images, prompts = [], []
-    for _ in range(num_groups):
+    while len(prompts) < num_groups * per_group:
         spec = sample_spec(rng, names[rng.choice(len(names), p=weights / weights.sum())])
-        caption = make_caption(caption_spec(rng, spec, keep_size=0.5, keep_position=0.5), rng)
+        claim = caption_spec(rng, spec, keep_size=0.5, keep_position=0.5)
+        if spec_split(claim) != "train":  # held-out claims stay unseen, as in the sampled judgments
+            continue
+        caption = make_caption(claim, rng)
         for k in range(per_group):
             drawn = spec if k == 0 or rng.random() < 0.15 else near_miss(spec, rng)
             placed = place_scene(drawn, rng)
@@ -327,11 +336,22 @@ class PreferenceModel(nn.Module):
         layer = nn.TransformerEncoderLayer(w, config.num_heads, 4 * w, dropout=0.0, batch_first=True, norm_first=True)
         self.fusion = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, 1))
+        # training only: what the exact judge's detector sees, read off the patches (see `object_targets`)
+        self.objects_head = nn.Sequential(
+            nn.Conv2d(w, 16, 1), nn.SiLU(), nn.Flatten(), nn.Linear(16 * (IMAGE_SIZE // 8) ** 2, OBJECT_TARGETS)
+        )
 
-    def forward(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        """8×8 patch features (B, w, 8, 8) of images (B, 3, H, W) in [0, 1]."""
         if images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
             images = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
-        patches = self.image_encoder(images * 2 - 1).flatten(2).transpose(1, 2)  # (B, 64, w)
+        return self.image_encoder(images * 2 - 1)
+
+    def forward(
+        self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor, with_objects: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        features = self.patches(images)
+        patches = features.flatten(2).transpose(1, 2)  # (B, 64, w)
         patches = patches + self.image_positions + self.type_embeddings[2]
         length = text_states.shape[1]
         text = self.text_projection(text_states) + self.text_positions[:, :length] + self.type_embeddings[1]
@@ -339,7 +359,8 @@ class PreferenceModel(nn.Module):
         tokens = torch.cat([cls, text, patches], dim=1)  # (B, 1 + L + 64, w)
         keep = torch.cat([text_mask.new_ones(len(images), 1), text_mask, text_mask.new_ones(patches.shape[:2])], 1)
         hidden = self.fusion(tokens, src_key_padding_mask=~keep.bool())
-        return torch.sigmoid(self.head(hidden[:, 0]).squeeze(-1))
+        scores = torch.sigmoid(self.head(hidden[:, 0]).squeeze(-1))
+        return (scores, self.objects_head(features)) if with_objects else scores
 
 
 class TextStates:
@@ -393,6 +414,25 @@ def _pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
 
 
+def object_targets(images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """Auxiliary targets (N, OBJECT_TARGETS): what the exact reward's detector finds in each image — per palette
+    colour, the number of its objects of each shape (circle, square, triangle, none) and their mean centre (x, y in
+    [0, 1]; -1 when the colour is absent). Learning to see them first makes the score's data go much further."""
+    from texforce.world.reward import detect_objects
+
+    colors, shapes = list(COLORS), [*SHAPES, None]
+    targets = np.zeros((len(images), len(colors), len(shapes) + 2), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        for i, objects in enumerate(detect_objects(_pixels(images[start : start + batch_size])), start):
+            for c, color in enumerate(colors):
+                mine = [o for o in objects if o.color == color]
+                for o in mine:
+                    targets[i, c, shapes.index(o.shape)] += 1
+                centre = (np.mean([o.cx for o in mine]), np.mean([o.cy for o in mine])) if mine else (-IMAGE_SIZE,) * 2
+                targets[i, c, -2:] = np.array(centre) / IMAGE_SIZE
+    return torch.from_numpy(targets.reshape(len(images), -1))
+
+
 def ranking_loss(predictions: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """Logistic loss over same-group pairs whose targets differ: the better image should score higher."""
     same = groups[:, None] == groups[None, :]
@@ -408,6 +448,7 @@ def train_preference(
     cfg: PreferenceConfig, data: Judgments, text: TextStates, log: Log, validation: Judgments | None = None
 ) -> PreferenceModel:
     """Mean squared error + `ranking_weight` × within-group ranking loss, batches of whole groups."""
+    started_all = time.perf_counter()
     torch.manual_seed(cfg.seed)
     text_config = text.encoder.config
     sizes = PreferenceModelConfig(
@@ -421,15 +462,17 @@ def train_preference(
     )
     groups = [np.flatnonzero(data.group == g) for g in np.unique(data.group)]
     states, masks = text(data.prompts)  # (N, L, H), (N, L): every prompt once
+    objects = object_targets(data.images)  # (N, OBJECT_TARGETS)
+    log(f"detected the objects of {len(objects)} images ({time.perf_counter() - started_all:.0f}s)")
     rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
     for step in range(cfg.steps):
         rows = np.concatenate([groups[i] for i in rng.choice(len(groups), cfg.prompts_per_batch, replace=False)])
         targets = torch.from_numpy(data.scores[rows]).float()
-        predictions = model(_pixels(data.images[rows]), states[rows], masks[rows])
+        predictions, seen = model(_pixels(data.images[rows]), states[rows], masks[rows], with_objects=True)
         mse = F.mse_loss(predictions, targets)
         rank = ranking_loss(predictions, targets, torch.from_numpy(data.group[rows]))
-        loss = mse + cfg.ranking_weight * rank
+        loss = mse + cfg.ranking_weight * rank + cfg.objects_weight * F.mse_loss(seen, objects[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

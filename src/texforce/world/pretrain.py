@@ -11,7 +11,6 @@ distributions are encoded once, and each U-Net step only samples from them.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -31,6 +30,7 @@ from diffusers import (
 
 from texforce.architectures import assemble_pipeline
 from texforce.errors import TexforceError
+from texforce.export import save_pipeline
 from texforce.world.clip import WorldClip, build_image_encoder, build_text_encoder
 from texforce.world.reward import WorldAlignmentReward
 from texforce.world.scenes import BACKGROUND, render_pool
@@ -387,9 +387,8 @@ def pretrain(
 def save_world_pipeline(
     out_dir: Path, clip: WorldClip, vae: AutoencoderKL, unet: UNet2DConditionModel
 ) -> StableDiffusionPipeline:
-    """Write a standard `StableDiffusionPipeline` folder in fp16; the models passed in stay fp32."""
-    pipeline = assemble_pipeline(
-        copy.deepcopy(unet), copy.deepcopy(vae), copy.deepcopy(clip.text_encoder), tokenizer=clip.tokenizer
-    )
-    pipeline.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    """Write a standard `StableDiffusionPipeline` folder, every component in fp32 (so a plain `from_pretrained`
+    gives one dtype under any transformers), in files that load under transformers 4 and 5 (`save_pipeline`)."""
+    pipeline = assemble_pipeline(unet, vae, clip.text_encoder, tokenizer=clip.tokenizer)
+    save_pipeline(pipeline, out_dir)
     return pipeline
