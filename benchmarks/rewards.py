@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import BlipTextConfig, BlipVisionConfig, CLIPConfig, CLIPModel
 
-from benchmarks.timing import seconds_per_call
+from benchmarks.timing import append_json_lines, seconds_per_call
 from texforce.rewards.base import RewardFn
 from texforce.rewards.clip import AestheticReward, CLIPEmbedder, CLIPSimilarityReward, MLPHead
 from texforce.rewards.hps import build_vit_h14_config
@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(json.dumps(figure), flush=True)
                 figures.append(figure)
             del scorer
-    if args.json:
-        with open(args.json, "a") as handle:
-            handle.writelines(json.dumps(f) + "\n" for f in figures)
+    append_json_lines(args.json, figures)
     return figures
 
 

@@ -1,22 +1,36 @@
-"""Speed of TexForce's two phases, texforce's path against the official loop's compute pattern, in one run.
+"""Speed of TexForce's two phases on real Stable Diffusion (random weights), texforce's path against the official
+loop's compute pattern in one run; and what the speed options and direct reward backprop cost.
 
-    python -m benchmarks.speed --arch sd15 --sample-batch 64       # on a GPU: SD-1.x, 512², random weights
+    python -m benchmarks.speed --arch sd15 --sample-batch 32       # on a GPU: SD-1.x, 512², 50 DDIM steps, CFG
+    python -m benchmarks.speed --arch sd15 --modes reference,compile   # torch.compile'd U-Net, compile time too
     python -m benchmarks.speed --arch sdxl --sample-batch 8 --train-batch 4   # SDXL, 1024², two text encoders
     python -m benchmarks.speed --smoke                             # tiny model on the CPU (CI runs this)
-    python -m benchmarks.speed --smoke --arch sdxl                 # tiny SDXL on the CPU
 
-Prints one JSON object per figure (and appends them to --json): sampling images/s and PPO sample-timesteps/s
-for `texforce` (frozen weights in bf16, sampling batch decoupled from the training micro-batch, prompts encoded
-once per micro-batch) and `reference` (the official pattern: fp32 weights under fp16 autocast, batch 4, the text
-encoder re-run for every trained timestep), each texforce figure with its ratio to the reference, the GPU name,
-peak memory and library versions. Weights are random: compute does not depend on them.
+Modes (--modes, comma-separated; default reference,texforce,backprop):
+  reference      the official pattern: fp32 weights under fp16 autocast, batch 4, the text encoder re-run (with
+                 gradients) for every trained timestep
+  texforce       frozen weights in bf16, SDPA attention, sampling batch decoupled from the training micro-batch,
+                 prompts encoded once per micro-batch
+  channels_last  texforce with model.channels_last=true (U-Net and VAE in channels-last memory format)
+  compile        texforce with model.compile=true: adds the first calls' extra seconds (the compilation) and the
+                 compiled U-Net's relative difference to the plain one on the same input
+  backprop       direct reward backprop at K = 1 with gradient checkpointing (world_clipscore as the
+                 differentiable reward): images/s, and memory per image (GPU: max_memory_allocated above what was
+                 allocated before, over the batch; CPU: the process's peak RSS, all modes so far)
+
+Prints one JSON object per figure as it is measured (and appends them all to --json): sampling images/s and PPO
+sample-timesteps/s per mode, each with its ratio to the reference when that ran earlier in the run, peak memory,
+the attention kernels that ran (`AttnProcessor2_0` and `sdpa` call torch's scaled_dot_product_attention), the
+model options, the device and library versions. Weights are random: compute does not depend on them.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
+import resource
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -25,25 +39,40 @@ import diffusers
 import torch
 import transformers
 
-from benchmarks.timing import seconds_per_call
+from benchmarks.timing import append_json_lines, timed_calls
 from texforce.config import load_config
+from texforce.models import attention_kernels
 from texforce.runlog import RunLogger
-from texforce.sampling import ddim_step_with_logprob, guided_noise_fn
+from texforce.sampling import Trajectory, ddim_step_with_logprob, guided_noise_fn
 from texforce.trainer import Trainer, epoch_generator
 
+PROMPT = "A photo of a hand"
+OPTIONS = {  # the texforce modes' model options
+    "texforce": [],
+    "channels_last": ["model.channels_last=true"],
+    "compile": ["model.compile=true"],
+}
+MODES = ["reference", *OPTIONS, "backprop"]
+BACKPROP = [  # DRaFT-1 with checkpointing, on a differentiable reward that reads any prompt
+    "train.algorithm=backprop",
+    "reward=world_clipscore",
+    "backprop.num_grad_steps=1",
+    "backprop.gradient_checkpointing=true",
+]
 
-def build_trainer(base: str, dtype: str, steps: int, sample_batch: int, train_batch: int, tmp: str) -> Trainer:
+
+def build_trainer(base: str, steps: int, sample_batch: int, train_batch: int, tmp: str, extra: list[str]) -> Trainer:
     config = load_config(
         None,
         [
             f"model.base={base}",
-            f"model.dtype={dtype}",
             f"sample.num_steps={steps}",
             f"sample.batch_size_per_device={sample_batch}",
             "sample.num_batches_per_epoch=1",
             f"train.batch_size_per_device={train_batch}",
             "ddpo.timestep_fraction=0.5",
             f"output_dir={tmp}",
+            *extra,
         ],
     )
     trainer = Trainer(config, RunLogger(Path(tmp), 1, 1, quiet=True))
@@ -70,17 +99,46 @@ def reference_update(trainer: Trainer, trajectory, rows: torch.Tensor, steps: to
         log_probs.mean().backward()
 
 
-def measure(mode: str, args: argparse.Namespace, tmp: str) -> list[dict]:
-    base = f"texforce/{args.arch}-random"
-    if args.smoke:
-        base = "texforce/tiny-sdxl-random" if args.arch == "sdxl" else "texforce/tiny-random"
-    dtype = "fp32" if mode == "reference" else args.dtype
-    sample_batch = 4 if mode == "reference" else args.sample_batch
-    train_batch = 4 if mode == "reference" else args.train_batch
-    trainer = build_trainer(base, dtype, args.steps, sample_batch, train_batch, tmp)
+@torch.no_grad()
+def compiled_difference(trainer: Trainer, trajectory: Trajectory) -> float:
+    """‖compiled − plain‖ / ‖plain‖ of one guided U-Net call of the sampling batch (the compiled graph's shape):
+    `unet.forward` runs the module eagerly, `unet(...)` the compiled graph."""
+    policy, dtype = trainer.policy, trainer.policy.unet.dtype
+    ids = trajectory.prompt_ids.to(trainer.device)
+    kwargs = policy.encode(ids).unet_kwargs(dtype, policy.negative_embeds(len(ids)))
+    latents = trajectory.latents[:, 0].to(trainer.device, dtype).repeat(2, 1, 1, 1)
+    timesteps = trajectory.timesteps[:1].to(trainer.device).expand(len(latents))
+    compiled = policy.unet(latents, timesteps, **kwargs).sample.float()
+    plain = policy.unet.forward(latents, timesteps, **kwargs).sample.float()
+    return float((compiled - plain).norm() / plain.norm())
+
+
+def common_fields(mode: str, base: str, trainer: Trainer, args: argparse.Namespace) -> dict:
+    device, model = trainer.device, trainer.config.model
+    return {
+        "mode": mode,
+        "model": base,
+        "dtype": str(trainer.policy.unet.dtype).removeprefix("torch."),
+        "options": {"attention": model.attention, "channels_last": model.channels_last, "compile": model.compile},
+        "attention_kernels": attention_kernels(trainer.policy.pipe),
+        "steps": args.steps,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "date": date.today().isoformat(),
+    }
+
+
+def measure(mode: str, args: argparse.Namespace, base: str, tmp: str) -> list[dict]:
+    """Sampling and PPO-update throughput of one mode (reference or a texforce mode)."""
+    reference = mode == "reference"
+    sample_batch, train_batch = (4, 4) if reference else (args.sample_batch, args.train_batch)
+    extra = ["model.dtype=fp32"] if reference else [f"model.dtype={args.dtype}", *OPTIONS[mode]]
+    trainer = build_trainer(base, args.steps, sample_batch, train_batch, tmp, extra)
     device = trainer.device
-    prompts = ["A photo of a hand"] * sample_batch
-    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=mode == "reference" and device.type == "cuda")
+    prompts = [PROMPT] * sample_batch
+    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=reference and device.type == "cuda")
     generator = epoch_generator(0, 0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -89,65 +147,105 @@ def measure(mode: str, args: argparse.Namespace, tmp: str) -> list[dict]:
         with autocast:
             return trainer.policy.sample(prompts, generator)
 
-    sample_seconds = seconds_per_call(sample, device)
+    sample_first, sample_seconds = timed_calls(sample, device)
     trajectory = sample()
     rows = torch.arange(train_batch) % sample_batch
     steps = torch.stack([torch.randperm(args.steps, generator=generator) for _ in rows])
     steps = steps[:, : trainer.config.num_train_timesteps]
     advantages = torch.randn(sample_batch, generator=generator)
-    if mode == "reference":
-        update_seconds = seconds_per_call(lambda: reference_update(trainer, trajectory, rows, steps), device)
+    if reference:
+        update_first, update_seconds = timed_calls(lambda: reference_update(trainer, trajectory, rows, steps), device)
     else:
-        update_seconds = seconds_per_call(
+        update_first, update_seconds = timed_calls(
             lambda: trainer.algorithm.train_micro_batch(trajectory, advantages, rows, steps), device
         )
     trainer.optimizer.zero_grad(set_to_none=True)
-    common = {
-        "mode": mode,
-        "model": base,
-        "dtype": str(trainer.policy.unet.dtype).removeprefix("torch."),
-        "steps": args.steps,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "date": date.today().isoformat(),
-    }
+    common = common_fields(mode, base, trainer, args)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     trained = train_batch * steps.shape[1]
-    return [
+    figures = [
         {"figure": "sampling", "value": sample_batch / sample_seconds, "unit": "images/s", "batch": sample_batch,
          **common},
         {"figure": "ppo_update", "value": trained / update_seconds, "unit": "sample-timesteps/s",
          "batch": train_batch, **common},
         {"figure": "peak_memory", "value": peak, "unit": "GiB", **common},
     ]  # fmt: skip
+    if mode == "compile":
+        figures += [
+            {"figure": "compile_seconds", "value": sample_first - sample_seconds, "unit": "s", "phase": "sampling",
+             **common},
+            {"figure": "compile_seconds", "value": update_first - update_seconds, "unit": "s", "phase": "ppo_update",
+             **common},
+            {"figure": "compiled_unet_relative_difference", "value": compiled_difference(trainer, trajectory),
+             "unit": "‖compiled − plain‖ / ‖plain‖", **common},
+        ]  # fmt: skip
+    return figures
+
+
+def measure_backprop(args: argparse.Namespace, base: str, tmp: str) -> list[dict]:
+    """Direct backprop at K = 1 with checkpointing: images/s and memory per image of one micro-batch."""
+    batch = args.backprop_batch
+    trainer = build_trainer(base, args.steps, batch, batch, tmp, [f"model.dtype={args.dtype}", *BACKPROP])
+    device, prompts = trainer.device, [PROMPT] * batch
+
+    def step() -> None:
+        trainer.algorithm.train_micro_batch(prompts, epoch_generator(0, 0), 1, 0)
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    _, seconds = timed_calls(step, device)
+    if device.type == "cuda":
+        memory = (torch.cuda.max_memory_allocated() - before) / batch / 2**30
+        unit = "GiB per image (max_memory_allocated above the weights)"
+    else:
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        unit = "GiB (peak RSS of the process, all modes so far)"
+    common = {**common_fields("backprop", base, trainer, args), "batch": batch, "num_grad_steps": 1,
+              "gradient_checkpointing": True}  # fmt: skip
+    return [
+        {"figure": "backprop_step", "value": batch / seconds, "unit": "images/s", **common},
+        {"figure": "backprop_memory", "value": memory, "unit": unit, **common},
+    ]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=["sd15", "sd21", "sdxl"], default="sd15")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the harness, not speed")
+    parser.add_argument("--modes", default="reference,texforce,backprop", help=f"comma-separated: {', '.join(MODES)}")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--sample-batch", type=int, default=32)
     parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--backprop-batch", type=int, default=4)
     parser.add_argument("--json", help="append the figures to this JSON-lines file")
     args = parser.parse_args(argv)
+    modes = args.modes.split(",")
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"unknown modes {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
     if args.smoke:
-        args.steps, args.sample_batch, args.train_batch = 4, 4, 2
+        args.steps, args.sample_batch, args.train_batch, args.backprop_batch = 4, 4, 2, 2
+    base = f"texforce/{args.arch}-random"
+    if args.smoke:
+        base = "texforce/tiny-sdxl-random" if args.arch == "sdxl" else "texforce/tiny-random"
+    figures, reference = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        reference = measure("reference", args, tmp)
-        ours = measure("texforce", args, tmp)
-    for mine, theirs in zip(ours, reference, strict=True):
-        if mine["value"] and theirs["value"]:
-            mine["ratio_to_reference"] = mine["value"] / theirs["value"]
-    figures = reference + ours
-    for figure in figures:
-        print(json.dumps(figure))
-    if args.json:
-        with open(args.json, "a") as handle:
-            handle.writelines(json.dumps(f) + "\n" for f in figures)
+        for mode in modes:
+            measured = measure_backprop(args, base, tmp) if mode == "backprop" else measure(mode, args, base, tmp)
+            for figure in measured:
+                if mode == "reference":
+                    reference[figure["figure"]] = figure["value"]
+                elif figure["value"] and reference.get(figure["figure"]):
+                    figure["ratio_to_reference"] = figure["value"] / reference[figure["figure"]]
+                print(json.dumps(figure), flush=True)
+            figures += measured
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    append_json_lines(args.json, figures)
     return figures
 
 

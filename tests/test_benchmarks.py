@@ -1,8 +1,9 @@
-"""The speed benchmark's harness runs end to end (tiny model, CPU); its figures are not asserted here."""
+"""The benchmarks' harnesses run end to end (tiny model, CPU); their figures are not asserted here."""
 
 import importlib
 
 import pytest
+import torch
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
@@ -13,3 +14,32 @@ def test_speed_benchmark_smoke(arch):
     assert {(f["mode"], f["figure"]) for f in figures} >= {("reference", "sampling"), ("texforce", "ppo_update")}
     assert all(f["value"] > 0 for f in figures if f["figure"] != "peak_memory")
     assert all("ratio_to_reference" in f for f in figures if f["mode"] == "texforce" and f["value"])
+    assert {f["attention_kernels"]["unet"] for f in figures} == {"AttnProcessor2_0"}
+    memory = next(f for f in figures if f["figure"] == "backprop_memory")
+    assert memory["num_grad_steps"] == 1 and memory["gradient_checkpointing"] and "peak RSS" in memory["unit"]
+
+
+def test_speed_benchmark_options_smoke(monkeypatch, tmp_path):
+    """channels_last and compile modes (compiled by dynamo's eager backend here: inductor takes minutes on the CPU)."""
+    monkeypatch.setattr("texforce.models.COMPILE_BACKEND", "eager")
+    module = importlib.import_module("benchmarks.speed")
+    figures = module.main(["--smoke", "--modes", "channels_last,compile", "--json", str(tmp_path / "f.jsonl")])
+    options = {f["mode"]: f["options"] for f in figures}
+    assert options["channels_last"]["channels_last"] and options["compile"]["compile"]
+    compiled = {f.get("phase", f["figure"]): f["value"] for f in figures if f["mode"] == "compile"}
+    assert compiled["sampling"] > 0 and compiled["ppo_update"] > 0
+    assert compiled["compiled_unet_relative_difference"] < 1e-5
+    assert len((tmp_path / "f.jsonl").read_text().splitlines()) == len(figures)
+
+
+def test_world_speed_smoke():
+    module, threads = importlib.import_module("benchmarks.world_speed"), torch.get_num_threads()
+    try:
+        results = module.main(["--smoke", "--configs", "default", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    (result,) = results
+    assert result["config"] == "default" and result["threads"] == 1 and result["samples_per_s"] > 0
+    assert set(result["share"]) == {"sampling", "decode", "reward", "update", "other"}
+    assert abs(sum(result["share"].values()) - 1) < 0.01
+    assert all(v >= 0 for k, v in result["seconds_per_epoch"].items() if k != "other")

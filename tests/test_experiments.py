@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
 from texforce.cli.main import main
-from texforce.experiments.harness import estimate
+from texforce.experiments import BUDGETS, Settings
+from texforce.experiments.harness import DeadlineReached, arm_command, estimate, train_arm
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_fusion(docs, tiny_model_dir):
 
 
 def test_hacking(docs, tiny_model_dir):
-    folder, text = _run("hacking", docs, tiny_model_dir, "--proxy", "jpeg_compressibility")
+    folder, text = _run("hacking", docs, tiny_model_dir, "--proxy", "world_clipscore")
     assert len(_rows(text, "epoch")) == 1
     assert "diverge" in text.lower()
     assert (folder / "curve_proxy.svg").is_file() and (folder / "curve_judge.svg").is_file()
@@ -108,3 +110,19 @@ def test_experiment_refuses_to_replace_a_foreign_folder(tmp_path, capsys):
     assert main(["experiment", "fusion", "--budget", "tiny", "-o", str(tmp_path / "mine")]) == 2
     assert "is not an experiment's folder" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_an_arm_that_would_end_after_the_deadline_is_not_started(tmp_path):
+    settings = Settings(BUDGETS["tiny"], tmp_path / "out", tmp_path / "runs", 1, deadline=time.time() + 5)
+    settings.arm_seconds = 60.0
+    with pytest.raises(DeadlineReached, match=r"^text_s0 would take about 60 s and end after the deadline"):
+        train_arm(settings, "world_text", 0)
+    assert not (tmp_path / "runs").exists() and settings.trained == []
+
+
+def test_arm_command_is_the_arms_training_as_a_process(tmp_path):
+    settings = Settings(BUDGETS["tiny"], tmp_path / "out", tmp_path / "runs", 1, model="texforce/tiny-random")
+    argv = arm_command(settings, "world_text_clipscore", 2, ["reward=world_clipscore"])
+    assert argv[1:5] == ["-m", "texforce", "train", "world_text_clipscore"] and argv[-1] == "--quiet"
+    assert argv.index("reward=world_clipscore") < argv.index("seed=2") < argv.index("run_name=text_clipscore_s2")
+    assert "model.base=texforce/tiny-random" in argv and "--resume" not in argv

@@ -31,6 +31,9 @@ class ModelConfig:
     revision: str | None = None
     dtype: str = "bf16"  # frozen weights on GPU: bf16 | fp16 | fp32 (always fp32 on CPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    attention: str = "sdpa"  # sdpa: torch's scaled_dot_product_attention | math: the plain softmax(QKᵀ)V reference
+    channels_last: bool = False  # U-Net and VAE weights in channels-last memory format (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the U-Net (compiled at its first call: minutes for SD on a GPU)
 
 
 @dataclass
@@ -345,6 +348,10 @@ def validate(config: RunConfig) -> None:
 
     _check(t.algorithm in ALGORITHMS, f"train.algorithm must be one of {', '.join(ALGORITHMS)}, got {t.algorithm!r}")
     _check(config.model.dtype in ("bf16", "fp16", "fp32"), "model.dtype must be bf16, fp16 or fp32")
+    _check(
+        config.model.attention in ("sdpa", "math"),
+        f"model.attention must be sdpa or math, got {config.model.attention!r}",
+    )
     _check(config.text_lora.use or config.unet_lora.use, "nothing to train: set text_lora.use or unet_lora.use")
     for name in ("text_lora", "unet_lora"):
         lora: LoraConfig = getattr(config, name)

@@ -3,7 +3,8 @@
 Built-ins come from `architectures.py` (random weights) and `texforce.world` (the offline world's model).
 
 The frozen parts are kept in half precision on a GPU (bf16 or fp16) and in fp32 on the CPU; trainable
-LoRA weights are always fp32, as diffusers' own LoRA training scripts keep them.
+LoRA weights are always fp32, as diffusers' own LoRA training scripts keep them. `model.attention`,
+`model.channels_last` and `model.compile` choose how the frozen parts compute (the same function either way).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig as PeftLoraConfig
 
@@ -23,6 +25,9 @@ from texforce.errors import TexforceError
 
 WORLD = "texforce/world"  # the offline world's own Stable Diffusion, shipped in the package
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# model.attention: diffusers' processor for the U-Net and VAE, transformers' implementation for the text encoders
+ATTENTION = {"sdpa": (AttnProcessor2_0, "sdpa"), "math": (AttnProcessor, "eager")}
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for model.compile
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -98,15 +103,36 @@ def text_encoders(pipe: DiffusionPipeline) -> dict[str, torch.nn.Module]:
 
 
 def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipeline:
-    """Load the base pipeline, freeze every weight, and move it to `device` in its frozen dtype."""
+    """Load the base pipeline, freeze every weight, move it to `device` in its frozen dtype, and apply the
+    attention kernel, memory format and compilation of `config`."""
     pipe = load_pipeline(config.base, config.revision)
+    processor, implementation = ATTENTION[config.attention]
+    for module in (pipe.unet, pipe.vae):
+        module.set_attn_processor(processor())
+    for encoder in text_encoders(pipe).values():
+        encoder.set_attn_implementation(implementation)
     for module in (pipe.unet, pipe.vae, *text_encoders(pipe).values()):
         module.requires_grad_(False)
         module.eval()
     dtype = frozen_dtype(config.dtype, device)
     pipe.to(device=device, dtype=None if dtype == pipe.unet.dtype else dtype)
+    if config.channels_last:
+        for module in (pipe.unet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
+    if config.compile:
+        pipe.unet.compile(backend=COMPILE_BACKEND)  # in place: still the U-Net object, compiled at its first call
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def attention_kernels(pipe: DiffusionPipeline) -> dict[str, str]:
+    """Which attention runs in each component: the U-Net's and VAE's processor classes, the text encoders'
+    implementation (`AttnProcessor2_0` and `sdpa` call torch's `scaled_dot_product_attention`)."""
+    kernels = {
+        name: ", ".join(sorted({type(p).__name__ for p in getattr(pipe, name).attn_processors.values()}))
+        for name in ("unet", "vae")
+    }
+    return kernels | {name: encoder.config._attn_implementation for name, encoder in text_encoders(pipe).items()}
 
 
 def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:

@@ -149,12 +149,16 @@ class RunLogger:
             self.tracker.scalars(record, epoch)
             lines = captions(stats.prompts, stats.rewards[: len(stats.prompts)])
             self.tracker.images("samples", grid, lines, epoch)
-        seconds = stats.seconds
+        seconds, update = stats.seconds, stats.update
+        several = len(stats.components) > 1  # a weighted sum: each component's mean too
+        parts = [f"{name} {record[f'reward/{name}_mean']:.4f}" for name in stats.components if several]
+        parts += [f"loss {update.get('loss', 0):+.2e}"]  # kl and clip: DDPO's; backprop has neither
+        parts += [f"kl {update['approx_kl']:.2e}"] if "approx_kl" in update else []
+        parts += [f"clip {update['clipfrac']:.2f}"] if "clipfrac" in update else []
         self.console.print(
             f"epoch {epoch}/{self.num_epochs}  reward {record['reward_mean']:.4f} ± {record['reward_std']:.4f}  "
-            f"loss {stats.update.get('loss', 0):+.2e}  kl {stats.update.get('approx_kl', 0):.2e}  "
-            f"clip {stats.update.get('clipfrac', 0):.2f}  lr {lrs[0]:.1e}  "
-            f"[{' · '.join(f'{k} {v:.1f}s' for k, v in seconds.items())}]"
+            + "  ".join(parts)
+            + f"  lr {lrs[0]:.1e}  [{' · '.join(f'{k} {v:.1f}s' for k, v in seconds.items())}]"
             + "".join(f"  {k.replace('_', ' ')} {v}" for k, v in stats.faults.items() if v),
             markup=False,  # the [phase seconds] are text, not rich markup
         )

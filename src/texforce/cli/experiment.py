@@ -24,6 +24,7 @@ examples:
   texforce experiment fusion --budget tiny -o /tmp/fusion   # seconds: checks the plumbing, not the claim
 Training runs are cached in --runs-dir (runs/experiments/BUDGET): experiments sharing an arm train it once, an
 interrupted experiment resumes. The index of all results is written to experiments.md beside the output folder.
+On one GPU, every experiment at DDPO's budget within a deadline: python -m benchmarks.gpu_suite (README).
 """
 
 
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs-dir", type=Path, help="training runs (default: runs/experiments/BUDGET)")
     parser.add_argument("--model", help="base model of every arm and of the evaluation (default: the arms')")
     parser.add_argument("--judge", default="world_alignment", help="the reward that judges (default: %(default)s)")
-    parser.add_argument("--proxy", default="world_clipscore", help="hacking: the learned reward trained on")
+    parser.add_argument("--proxy", default="world_preference", help="hacking: the learned reward trained on")
     parser.set_defaults(func=run)
 
 
@@ -85,7 +86,7 @@ def _given(args: argparse.Namespace) -> list[str]:
         ("--runs-dir", args.runs_dir, None),
         ("--model", args.model, None),
         ("--judge", args.judge, "world_alignment"),
-        ("--proxy", args.proxy, "world_clipscore"),
+        ("--proxy", args.proxy, "world_preference"),
     ):
         if value != default:
             options += [flag, str(value)]

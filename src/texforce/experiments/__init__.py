@@ -52,8 +52,8 @@ EXPERIMENTS = {
     ),
     "hacking": Experiment(
         "Reward hacking: a learned reward judged by the exact one",
-        "(Implicit in reward fine-tuning) a learned reward can be over-optimised: trained on the world's CLIP "
-        "score, judged by exact alignment.",
+        "(Implicit in reward fine-tuning) a learned reward can be over-optimised: direct backprop on the world's "
+        "learned preference reward (its ImageReward), judged by exact alignment.",
         claims.hacking,
     ),
 }

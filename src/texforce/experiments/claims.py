@@ -226,11 +226,12 @@ def curves(settings: Settings) -> str:
 
 
 def hacking(settings: Settings) -> str:
-    """Train on the learned `world_clipscore`; the exact judge rides along (weight 0) and judges held-out."""
+    """Direct backprop on the learned `world_preference` (`world_hacking`) for many steps; the exact judge rides
+    along (weight 0) and judges held-out."""
     proxy, judge = settings.proxy, settings.judge
     spec = f"reward={proxy}:1.0+{judge}:0.0"
     with phase(settings, "train"):
-        runs = [train_arm(settings, "world_text_clipscore", seed, [spec]) for seed in settings.seeds]
+        runs = [train_arm(settings, "world_hacking", seed, [spec]) for seed in settings.seeds]
     per_epoch = {r: seed_curves(runs, f"reward/{r}_mean") for r in (proxy, judge)}
     chart_proxy = _chart(f"learned {proxy} (trained on)", {proxy: per_epoch[proxy]})
     chart_judge = _chart(f"exact {judge} (judge)", {judge: per_epoch[judge]})
@@ -240,7 +241,7 @@ def hacking(settings: Settings) -> str:
     setups = [AdapterSetup("base")] + [
         AdapterSetup(label, text=lora(run)) for label, run in zip(labels, runs, strict=True)
     ]
-    prompts = heldout(settings, "world_text_clipscore")
+    prompts = heldout(settings, "world_hacking")
     with phase(settings, "eval"):
         summaries = evaluate(settings, setups, prompts, [proxy, judge], "eval_heldout")
     body = (

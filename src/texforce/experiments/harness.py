@@ -2,7 +2,10 @@
 
 An arm is a shipped config (`world_text`, …) trained once per seed into `RUNS/<arm>_s<seed>`; a finished run
 of the same resolved config is reused (so `curves` reuses the runs of `methods`), an unfinished one resumed.
-Judging uses `texforce.evaluation.run_eval` on held-out prompts with fixed evaluation seeds.
+Judging uses `texforce.evaluation.run_eval` on held-out prompts with fixed evaluation seeds. `arm_command` is the
+same training as its own `texforce train` process, so that a scheduler (`benchmarks/gpu_suite.py`) can train arms
+ahead, concurrently, and the experiment then reuses them; `Settings.deadline` stops an experiment before an arm
+that would not finish in time.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,10 @@ from texforce.evaluation import AdapterSetup, Summary, run_eval
 from texforce.stats import Estimate, estimate
 
 EVAL_SEED = 1000  # evaluation seeds EVAL_SEED, EVAL_SEED+1, …: disjoint from the training seeds 0, 1, 2, …
+
+
+class DeadlineReached(TexforceError):
+    """An arm would not finish training before `Settings.deadline`: the experiment stops before starting it."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ BUDGETS = {
         "tiny",
         (
             "sample.num_steps=2",
+            "backprop.num_grad_steps=2",  # at most the 2 steps (a backprop arm's own K may be 20)
             "sample.batch_size_per_device=2",
             "sample.num_batches_per_epoch=1",
             "train.batch_size_per_device=2",
@@ -69,10 +79,17 @@ class Settings:
     model: str | None = None  # base model of every arm and of the evaluation; None = the arms' own
     overrides: tuple[str, ...] = ()  # key=value applied to every arm
     judge: str = "world_alignment"
-    proxy: str = "world_clipscore"  # the learned reward of `hacking`
+    proxy: str = "world_preference"  # the learned reward of `hacking`
     quiet: bool = True
     command: str = ""
+    deadline: float | None = None  # time.time() by which training must end; an arm that would not is not started
+    arm_seconds: float = 0.0  # the expected training time of one arm-seed, for the deadline
     seconds: dict[str, float] = field(default_factory=dict)  # filled in: train, eval
+    # filled in, in order: (config, seed, extra) of every arm `train_arm` returned, of those it trained (not reused),
+    # and the configurations each `evaluate` rendered
+    arms: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
+    trained: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
+    evaluated: list[int] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
@@ -90,18 +107,37 @@ def arm_overrides(settings: Settings, seed: int, extra: Sequence[str] = ()) -> l
     return [*settings.budget.train_overrides, *model, *settings.overrides, *extra, *identity]
 
 
+def arm_run(settings: Settings, config: str, seed: int, extra: Sequence[str] = ()) -> tuple[list[str], Path]:
+    """The overrides (run name included) and the run folder of one arm-seed."""
+    name = f"{config.removeprefix('world_')}_s{seed}"
+    return [*arm_overrides(settings, seed, extra), f"run_name={name}"], settings.runs_dir / name
+
+
+def arm_command(settings: Settings, config: str, seed: int, extra: Sequence[str] = ()) -> list[str]:
+    """`texforce train` of one arm-seed as its own process: the run `train_arm` trains (and then reuses)."""
+    overrides, run_dir = arm_run(settings, config, seed, extra)
+    resume = ["--resume", str(run_dir)] if (run_dir / "config.yaml").is_file() else []
+    return [sys.executable, "-m", "texforce", "train", config, *overrides, *resume, "--quiet"]
+
+
 def train_arm(settings: Settings, config: str, seed: int, extra: Sequence[str] = ()) -> Path:
-    """Train shipped config `config` with `seed` (or reuse the finished run of the same config); its run folder."""
+    """Train shipped config `config` with `seed` (or reuse the finished run of the same config); its run folder.
+    Raises `DeadlineReached` instead of starting a run expected to end after `settings.deadline`."""
     from texforce.run import prepare_run, train_run
 
-    name = f"{config.removeprefix('world_')}_s{seed}"
-    overrides = [*arm_overrides(settings, seed, extra), f"run_name={name}"]
-    run_dir = settings.runs_dir / name
+    overrides, run_dir = arm_run(settings, config, seed, extra)
+    settings.arms.append((config, seed, tuple(extra)))
     if (run_dir / "lora").is_dir():
         prepare_run(config, overrides, str(run_dir))  # raises when the finished run had another config
         return run_dir
+    if settings.deadline is not None and time.time() + settings.arm_seconds > settings.deadline:
+        raise DeadlineReached(
+            f"{run_dir.name} would take about {settings.arm_seconds:.0f} s and end after the deadline; not started"
+        )
     resume = str(run_dir) if (run_dir / "config.yaml").is_file() else None
-    return train_run(config, overrides, resume=resume, quiet=settings.quiet)
+    run_dir = train_run(config, overrides, resume=resume, quiet=settings.quiet)
+    settings.trained.append((config, seed, tuple(extra)))
+    return run_dir
 
 
 def arm_config(settings: Settings, config: str, extra: Sequence[str] = ()) -> RunConfig:
@@ -131,6 +167,7 @@ def evaluate(
     }
     prompts = list(prompts)[: settings.budget.num_eval_prompts]
     seeds = list(seeds or settings.eval_seeds)
+    settings.evaluated.append(len(setups))
     summaries = run_eval(config.model.base, setups, prompts, seeds, rewards, settings.output / name, options)
     return {(s.setup, s.reward): s for s in summaries}
 

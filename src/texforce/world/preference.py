@@ -3,14 +3,16 @@
 ImageReward was trained on human rankings of images that diffusion models generated for real prompts. Here the
 judge is the exact `world_alignment` and the images come from the world model itself:
 
-1. **Judgments** (`build_judgments`): the world model (and randomly perturbed LoRA adapters of its text encoder
-   and U-Net, for diversity) samples each of `num_prompts` training-split prompts `samples_per_prompt` times;
-   rendered scenes, each captioned either truly or with a near miss (a colour, shape, count, relation or an extra
-   object changed), are added. Every image is labelled with its exact alignment.
+1. **Judgments** (`sample_all_judgments`, `render_judgments`): the world model (and randomly perturbed LoRA
+   adapters of its text encoder and U-Net, for diversity) samples each of `num_prompts` training-split prompts
+   `samples_per_prompt` times; rendered scenes of training-split claims, each captioned truly or showing a near miss
+   (a colour, shape, count or relation changed, or an extra object), are added. Every image is labelled with its
+   exact alignment.
 2. **Model** (`PreferenceModel`): a small CNN turns the 64×64 image into 8×8 patch tokens; the frozen text tower
    of the world CLIP turns the prompt into token states; a small transformer over [CLS, text, patches] reads
    the score off CLS, in [0, 1]. Differentiable in the image, so it can drive direct reward backprop.
-3. **Training** (`train_preference`): mean squared error plus a within-prompt pairwise ranking loss.
+3. **Training** (`train_preference`): mean squared error plus a within-prompt pairwise ranking loss, and, for the
+   image side only, an auxiliary loss: predict what the exact judge's detector finds (`object_targets`).
 4. **Validation** (`validate_preference`): on held-out prompts it never saw (held-out split and held-out
    colour–shape pairings), sampled the same way: Spearman correlation with the exact reward and the share of
    same-prompt pairs it orders as the exact reward does.
@@ -74,7 +76,7 @@ class PreferenceConfig:
     etas: tuple[float, ...] = (0.0, 1.0)
     num_steps: int = 20
     # rendered scenes, true or near-miss captions
-    num_rendered_groups: int = 1536
+    num_rendered_groups: int = 6144  # cheap: no sampling, so many more claims than the sampled judgments
     rendered_per_group: int = 8
     # validation on held-out prompts
     num_val_prompts: int = 192
@@ -84,11 +86,11 @@ class PreferenceConfig:
     num_layers: int = 2
     num_heads: int = 4
     # training
-    steps: int = 3000
+    steps: int = 6000
     prompts_per_batch: int = 8  # groups of one prompt's images: the ranking loss compares within a group
     learning_rate: float = 1e-3
     ranking_weight: float = 0.5
-    objects_weight: float = 0.1  # auxiliary loss: predict what the exact judge's detector sees
+    objects_weight: float = 1.0  # auxiliary loss: predict what the exact judge's detector sees
     num_threads: int = 2
 
     def validate(self) -> None:
@@ -276,15 +278,17 @@ def render_judgments(num_groups: int, per_group: int, seed: int) -> Judgments:
                 placed = _extra_object(placed, rng)
             images.append(render_scene(placed))
             prompts.append(caption)
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-    scores = WorldAlignmentReward()(pixels, prompts).numpy()
+    images = np.stack(images)
+    judge, chunk = WorldAlignmentReward(), 1024  # in chunks: the detector's maps of every image at once do not fit
+    scores = np.concatenate(
+        [judge(_pixels(images[i : i + chunk]), prompts[i : i + chunk]).numpy() for i in range(0, len(images), chunk)]
+    )
     group = np.repeat(np.arange(num_groups), per_group)
-    return Judgments(np.stack(images), prompts, scores, group, np.ones(len(prompts), np.int64))
+    return Judgments(images, prompts, scores, group, np.ones(len(prompts), np.int64))
 
 
-def build_judgments(cfg: PreferenceConfig, model_dir: Path | None, log: Log) -> tuple[Judgments, Judgments]:
-    """The training judgments (generated + rendered, training-split prompts) and the validation judgments
-    (generated, held-out prompts)."""
+def sample_all_judgments(cfg: PreferenceConfig, model_dir: Path | None, log: Log) -> tuple[Judgments, Judgments]:
+    """The sampled judgments: of training-split prompts (to train on) and of held-out prompts (to validate on)."""
     from texforce.world.evaluate import load_world_pipeline
 
     pipeline = load_world_pipeline(model_dir)
@@ -296,10 +300,9 @@ def build_judgments(cfg: PreferenceConfig, model_dir: Path | None, log: Log) -> 
         raise TexforceError(f"{len(overlap)} validation claims are also training claims")
     log(f"judging {len(train_prompts)} training prompts × {cfg.samples_per_prompt} samples")
     generated = sample_judgments(pipeline, train_prompts, cfg.samples_per_prompt, cfg, cfg.seed, log)
-    rendered = render_judgments(cfg.num_rendered_groups, cfg.rendered_per_group, cfg.seed + 1)
     log(f"judging {len(val_prompts)} held-out prompts × {cfg.val_samples_per_prompt} samples")
     validation = sample_judgments(pipeline, val_prompts, cfg.val_samples_per_prompt, cfg, cfg.seed + 2, log)
-    return Judgments.concat([generated, rendered]), validation
+    return generated, validation
 
 
 # ---------------------------------------------------------------------------------------------- the network
@@ -397,6 +400,42 @@ def save_preference_model(model: PreferenceModel, folder: Path, record: dict) ->
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     (folder / CONFIG_FILE).write_text(json.dumps({"model": asdict(model.config), **record}, indent=2) + "\n")
+    (folder / "README.md").write_text(model_card({"model": asdict(model.config), **record}))
+
+
+def model_card(record: dict) -> str:
+    """The card shipped beside the weights: what the network is, what it was trained on, how well it follows the
+    exact judge on prompts it never saw, and how to rebuild it."""
+    build, figures, timings = record["build"], record["validation"], record["timings"]
+    return f"""# world_preference: the offline world's ImageReward
+
+A {record["parameters"]:,}-parameter image+text network (8×8 patch tokens of a small CNN, the frozen world CLIP
+text tower, a {record["model"]["num_layers"]}-layer transformer over [CLS, text, patches]) that
+predicts the exact `world_alignment` of a 64×64 world image for its prompt, in [0, 1]. Differentiable in the image:
+the learned reward of direct reward backprop (`texforce train world_hacking`, `texforce experiment hacking`).
+
+**Trained on** {record["num_train_judgments"]:,} judgments: {build["num_prompts"]} training-split prompts ×
+{build["samples_per_prompt"]} samples of the world model and of randomly perturbed LoRA adapters of it (text
+{build["text_perturbations"]}, U-Net {build["unet_perturbations"]}; CFG {build["guidance_scales"]}; eta
+{build["etas"]}), plus {build["num_rendered_groups"]} × {build["rendered_per_group"]} rendered scenes of training
+claims captioned truly or with a near miss; every image labelled by the exact `world_alignment`. Loss: squared
+error + {build["ranking_weight"]} × within-prompt ranking + {build["objects_weight"]} × predicting what the exact
+judge's detector finds (counts and centres per colour). {build["steps"]} steps of {build["prompts_per_batch"]}
+prompt groups.
+
+**Validated** on {figures["num_prompts"]} held-out prompts it never saw (held-out phrasings and colour–shape
+pairings) × {build["val_samples_per_prompt"]} samples each ({figures["num_images"]} images): Spearman correlation
+with the exact reward **{figures["spearman"]:.3f}**; within-prompt pairwise ranking accuracy
+**{figures["pairwise_accuracy"]:.3f}** over {figures["num_pairs"]:,} same-prompt pairs whose exact scores differ.
+Mean exact {figures["exact_mean"]:.3f}, mean predicted {figures["predicted_mean"]:.3f}.
+
+Rebuild (this build: {timings["judgments_s"] / 60:.0f} min for the judgments, {timings["train_s"] / 60:.0f} min of
+training, on 2 CPU cores; `--cache` keeps the sampled judgments, the slow part, for the next build):
+
+    texforce world preference --out DIR --cache DIR_cache
+
+Weights: `model.safetensors` (fp16); sizes and this build's every setting: `config.json`.
+"""
 
 
 def load_preference_model(folder: Path) -> PreferenceModel:
@@ -433,6 +472,16 @@ def object_targets(images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
     return torch.from_numpy(targets.reshape(len(images), -1))
 
 
+def objects_loss(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Squared error of the per-colour shape counts, plus that of the centres of the colours actually present."""
+    predicted, targets = predicted.view(len(predicted), len(COLORS), -1), targets.view(len(targets), len(COLORS), -1)
+    counts = F.mse_loss(predicted[..., :-2], targets[..., :-2])
+    present = targets[..., :-2].sum(-1) > 0
+    if not present.any():
+        return counts
+    return counts + ((predicted[..., -2:] - targets[..., -2:]) ** 2).sum(-1)[present].mean()
+
+
 def ranking_loss(predictions: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """Logistic loss over same-group pairs whose targets differ: the better image should score higher."""
     same = groups[:, None] == groups[None, :]
@@ -447,7 +496,8 @@ def ranking_loss(predictions: torch.Tensor, targets: torch.Tensor, groups: torch
 def train_preference(
     cfg: PreferenceConfig, data: Judgments, text: TextStates, log: Log, validation: Judgments | None = None
 ) -> PreferenceModel:
-    """Mean squared error + `ranking_weight` × within-group ranking loss, batches of whole groups."""
+    """Mean squared error + `ranking_weight` × within-group ranking loss + `objects_weight` × the auxiliary objects
+    loss; batches of whole groups, half generated and half rendered."""
     started_all = time.perf_counter()
     torch.manual_seed(cfg.seed)
     text_config = text.encoder.config
@@ -460,19 +510,24 @@ def train_preference(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
     )
-    groups = [np.flatnonzero(data.group == g) for g in np.unique(data.group)]
+    by_source = [
+        [np.flatnonzero(data.group == g) for g in np.unique(data.group[data.source == source])]
+        for source in np.unique(data.source)
+    ]  # groups of generated images, groups of rendered ones: every batch takes half of its groups from each
     states, masks = text(data.prompts)  # (N, L, H), (N, L): every prompt once
     objects = object_targets(data.images)  # (N, OBJECT_TARGETS)
     log(f"detected the objects of {len(objects)} images ({time.perf_counter() - started_all:.0f}s)")
     rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
     for step in range(cfg.steps):
-        rows = np.concatenate([groups[i] for i in rng.choice(len(groups), cfg.prompts_per_batch, replace=False)])
+        shares = np.array_split(np.arange(cfg.prompts_per_batch), len(by_source))
+        picks = [g[i] for g, share in zip(by_source, shares, strict=True) for i in rng.choice(len(g), len(share))]
+        rows = np.concatenate(picks)
         targets = torch.from_numpy(data.scores[rows]).float()
         predictions, seen = model(_pixels(data.images[rows]), states[rows], masks[rows], with_objects=True)
         mse = F.mse_loss(predictions, targets)
         rank = ranking_loss(predictions, targets, torch.from_numpy(data.group[rows]))
-        loss = mse + cfg.ranking_weight * rank + cfg.objects_weight * F.mse_loss(seen, objects[rows])
+        loss = mse + cfg.ranking_weight * rank + cfg.objects_weight * objects_loss(seen, objects[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -547,20 +602,23 @@ def validate_preference(model: PreferenceModel, data: Judgments, text: TextState
 def build_preference(
     cfg: PreferenceConfig, out_dir: Path, model_dir: Path | None = None, cache: Path | None = None, log: Log = print
 ) -> dict:
-    """Judge, train, validate and save `world_preference` into `out_dir`; `cache` keeps the judgments (npz)."""
+    """Judge, train, validate and save `world_preference` into `out_dir`. `cache` keeps the sampled judgments (npz,
+    the expensive part) for another build; the rendered ones are redrawn, deterministically, every time."""
     cfg.validate()
     torch.set_num_threads(cfg.num_threads)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     train_path, val_path = (cache / "train.npz", cache / "validation.npz") if cache else (None, None)
     if train_path is not None and train_path.is_file() and val_path.is_file():
-        data, validation = Judgments.load(train_path), Judgments.load(val_path)
-        log(f"judgments loaded from {cache}")
+        generated, validation = Judgments.load(train_path), Judgments.load(val_path)
+        log(f"sampled judgments loaded from {cache}")
     else:
-        data, validation = build_judgments(cfg, model_dir, log)
+        generated, validation = sample_all_judgments(cfg, model_dir, log)
         if cache is not None:
-            data.save(train_path)
+            generated.save(train_path)
             validation.save(val_path)
+    rendered = render_judgments(cfg.num_rendered_groups, cfg.rendered_per_group, cfg.seed + 1)
+    data = Judgments.concat([generated, rendered])
     timings["judgments_s"] = time.perf_counter() - started
     log(f"{len(data.prompts)} training judgments (mean exact {data.scores.mean():.3f}), "
         f"{len(validation.prompts)} held-out")  # fmt: skip
