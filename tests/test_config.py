@@ -37,6 +37,7 @@ def test_overrides_are_typed():
         ("sample.eta=-0.5", "sample.eta must be > 0"),
         ("ddpo.timestep_fraction=0", r"timestep_fraction must be in \(0, 1\]"),
         ("ddpo.timestep_fraction=1.5", r"timestep_fraction must be in \(0, 1\]"),
+        ("ddpo.timesteps_per_call=0", "ddpo.timesteps_per_call must be >= 1, got 0"),
         ("train.batch_size_per_device=3", "must divide the samples per epoch"),
         ("train.gradient_accumulation_steps=3", "gradient_accumulation_steps .* must divide"),
         ("train.num_epochs=many", "train.num_epochs must be int"),

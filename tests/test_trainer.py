@@ -83,13 +83,17 @@ def gradients(trainer) -> list[torch.Tensor | None]:
 
 @pytest.mark.parametrize("model", ["sd", "sdxl"])
 @pytest.mark.parametrize("lora_for_negative", [True, False])
-def test_encode_once_equals_plain_loop(tiny_model_dir, tiny_sdxl_dir, tmp_path, lora_for_negative, model):
-    """SDXL: the prompt embeddings and the pooled embeddings of both encoders are the leaves."""
+@pytest.mark.parametrize("per_call", [1, 2])
+def test_encode_once_equals_plain_loop(tiny_model_dir, tiny_sdxl_dir, tmp_path, lora_for_negative, model, per_call):
+    """SDXL: the prompt embeddings and the pooled embeddings of both encoders are the leaves. `per_call` 2 stacks
+    the 3 trained steps of each sample into U-Net calls of 2 steps and 1 step."""
     trainer = make_trainer(
         tiny_sdxl_dir if model == "sdxl" else tiny_model_dir,
         tmp_path,
         train__use_lora_for_negative=lora_for_negative,
         unet_lora__use=True,
+        ddpo__timestep_fraction=0.75,
+        ddpo__timesteps_per_call=per_call,
     )
     assert len(trainer.policy.text_encoders) == (2 if model == "sdxl" else 1)
     generator = torch.Generator().manual_seed(3)
@@ -99,6 +103,7 @@ def test_encode_once_equals_plain_loop(tiny_model_dir, tiny_sdxl_dir, tmp_path, 
                 if "lora_B" in name:
                     param.normal_(0, 0.05, generator=generator)
     trajectory, advantages, rows, steps = first_batch(trainer)
+    assert steps.shape[1] == 3
     trainer.algorithm.train_micro_batch(trajectory, advantages, rows, steps)
     fast = gradients(trainer)
     trainer.optimizer.zero_grad(set_to_none=True)

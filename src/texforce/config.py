@@ -106,6 +106,9 @@ class DDPOConfig:
     clip_range: float = 1e-4
     adv_clip_max: float = 10.0
     use_cfg: bool = True  # classifier-free guidance in the update, as at sampling
+    # trained timesteps per U-Net call: k of each sample's steps go through the U-Net as one batch of k × micro-batch
+    # (the same loss and gradient as one call per step; faster on the CPU, k times the activation memory)
+    timesteps_per_call: int = 1
 
 
 @dataclass
@@ -348,6 +351,10 @@ def validate(config: RunConfig) -> None:
 
     _check(t.algorithm in ALGORITHMS, f"train.algorithm must be one of {', '.join(ALGORITHMS)}, got {t.algorithm!r}")
     _check(config.model.dtype in ("bf16", "fp16", "fp32"), "model.dtype must be bf16, fp16 or fp32")
+    _check(
+        config.ddpo.timesteps_per_call >= 1,
+        f"ddpo.timesteps_per_call must be >= 1, got {config.ddpo.timesteps_per_call}",
+    )
     _check(
         config.model.attention in ("sdpa", "math"),
         f"model.attention must be sdpa or math, got {config.model.attention!r}",

@@ -124,7 +124,8 @@ class DDPO:
 
         The prompts are encoded once; the loss of each timestep is back-propagated into the embeddings,
         whose summed gradient then makes a single backward pass through the text encoder. This equals
-        re-encoding per timestep (tested), at a fraction of the cost.
+        re-encoding per timestep (tested), at a fraction of the cost. `ddpo.timesteps_per_call` = k stacks k of
+        each sample's steps into one U-Net batch of k·b (the sum of the k steps' losses: the same gradient, tested).
         """
         c, policy = self.trainer.config, self.trainer.policy
         device = policy.device
@@ -138,26 +139,29 @@ class DDPO:
             e.map(lambda t: t.detach().requires_grad_(text_trainable and t.requires_grad)) if e is not None else None
             for e in (embeds, negative)
         ]
-        predict = policy.noise_predictor(leaves[0], leaves[1])
         totals: dict[str, float] = defaultdict(float)
-        for j in range(steps.shape[1]):
-            step = steps[:, j]
-            latents = trajectory.latents[rows, step].to(device)
-            next_latents = trajectory.latents[rows, step + 1].to(device)
+        num_steps = steps.shape[1]
+        for start in range(0, num_steps, c.ddpo.timesteps_per_call):
+            chunk = steps[:, start : start + c.ddpo.timesteps_per_call]  # (b, k): row i·b + r is sample r's i-th
+            k = chunk.shape[1]
+            step, batch_rows = chunk.T.reshape(-1), rows.repeat(k)
+            stacked = [None if e is None else e.map(lambda t, k=k: t.repeat(k, *[1] * (t.ndim - 1))) for e in leaves]
+            latents = trajectory.latents[batch_rows, step].to(device)
+            next_latents = trajectory.latents[batch_rows, step + 1].to(device)
             timesteps = trajectory.timesteps[step].to(device)
-            noise_pred = predict(latents, timesteps)
+            noise_pred = policy.noise_predictor(stacked[0], stacked[1])(latents, timesteps)
             _, log_probs = ddim_step_with_logprob(
                 policy.scheduler, noise_pred, timesteps, latents, c.sample.eta, prev_sample=next_latents
             )
             stats = ppo_clipped_loss(
                 log_probs,
-                trajectory.log_probs[rows, step].to(device),
-                advantages[rows].to(device),
+                trajectory.log_probs[batch_rows, step].to(device),
+                advantages[batch_rows].to(device),
                 c.ddpo.clip_range,
             )
-            (stats.loss * scale).backward()
+            (stats.loss * scale * k).backward()  # the mean over k·b rows, times k: the sum of k steps' means
             for key in ("loss", "approx_kl", "clipfrac", "ratio"):
-                totals[key] += getattr(stats, key).item() / steps.shape[1]
+                totals[key] += getattr(stats, key).item() * k / num_steps
         pairs = [
             (tensor, leaf.grad)
             for e, leaves_of_e in zip((embeds, negative), leaves, strict=True)
