@@ -15,8 +15,8 @@ from texforce.rewards.clip import AestheticReward, CLIPEmbedder, CLIPSimilarityR
 from texforce.rewards.imagereward import ImageReward, ImageRewardModel, build_blip_tokenizer
 from texforce.rewards.jpeg import JpegCompressibility
 from texforce.rewards.preprocess import ImageTransform
-from texforce.world.preference import PreferenceModel, PreferenceModelConfig, TextStates
-from texforce.world.reward import WorldClipScoreReward, WorldPreferenceReward
+from texforce.world.learned import WorldClipScoreReward, WorldPreferenceReward
+from texforce.world.preference_model import PreferenceModel, PreferenceModelConfig, TextStates
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rewards"
 PROMPTS = ["a red circle to the left of a blue square", "three green triangles"]

@@ -13,7 +13,8 @@ from transformers import CLIPTokenizer
 
 from texforce.world import CLIP_IMAGE_DIR, MODEL_DIR
 from texforce.world.evaluate import load_world_pipeline, sample_images
-from texforce.world.reward import WorldAlignmentReward, WorldClipScoreReward
+from texforce.world.learned import WorldClipScoreReward
+from texforce.world.reward import WorldAlignmentReward
 
 
 def safetensors_dtypes(weights) -> set[str]:

@@ -12,15 +12,8 @@ import torch
 from texforce.cli.main import main
 from texforce.prompts import load_prompt_set
 from texforce.world import PREFERENCE_DIR
-from texforce.world.preference import (
-    Judgments,
-    judged_prompts,
-    near_miss,
-    pairwise_accuracy,
-    ranking_loss,
-    render_judgments,
-    spearman,
-)
+from texforce.world.judgments import Judgments, judged_prompts, near_miss, render_judgments
+from texforce.world.preference import pairwise_accuracy, ranking_loss, spearman
 from texforce.world.scenes import ObjectSpec, SceneSpec, parse_prompt
 
 

@@ -40,18 +40,27 @@ def test_eval_writes_numbers_and_grid(tmp_path, monkeypatch):
     argv = ["eval", "--model", str(tmp_path / "model"), "--num-prompts", "2", "--num-seeds", "1"]
     assert _world([*argv, "--num-inference-steps", "2", "--output", str(output), "--grid", str(grid)]) == 0
     record = json.loads(output.read_text())
-    assert set(record["alignment"]) == {"single", "count", "relation", "composition"}
+    assert set(record["families"]) == {"single", "count", "relation", "composition"}
+    assert set(record["families"]["single"]) == {"world_alignment", "world_quality", "world_score"}
     assert record["reward_validation"]["ground_truth"] >= 0.95
+    assert record["quality_validation"]["white/flat/none"]["quality"] == 1.0
     assert grid.stat().st_size > 0
 
 
-def test_vae_loss_weights_objects_and_their_rim():
-    from texforce.world.pretrain import _to_pixels, object_weights
-    from texforce.world.scenes import BACKGROUND, render_pool
+@pytest.mark.parametrize("background", ["white", "tinted", "textured"])
+def test_vae_loss_weights_objects_and_their_rim(background):
+    import numpy as np
 
-    images, _ = render_pool(4, seed=3, mix={"single": 1})
-    weights = object_weights(_to_pixels(images) * 2 - 1, 5.0)  # (4, 1, 64, 64)
-    on_object = torch.from_numpy((images != BACKGROUND).any(-1))  # (4, 64, 64)
+    from texforce.world.degrade import Quality, render_degraded
+    from texforce.world.detect import tensor_images
+    from texforce.world.pretrain import object_weights
+    from texforce.world.scenes import place_scene, render_scene, sample_spec
+
+    rng = np.random.default_rng(3)
+    scenes = [place_scene(sample_spec(rng, "single"), rng) for _ in range(4)]
+    images = np.stack([render_degraded(objects, Quality(background), rng) for objects in scenes])
+    weights = object_weights(tensor_images(images) * 2 - 1, 5.0)  # (4, 1, 64, 64)
+    on_object = torch.from_numpy(np.stack([(render_scene(o) != 255).any(-1) for o in scenes]))  # (4, 64, 64)
     assert weights.shape == (4, 1, 64, 64)
     assert (weights[:, 0][on_object] == 5).all()
     near = torch.nn.functional.max_pool2d(on_object[:, None].float(), 3, 1, 1)[:, 0].bool()

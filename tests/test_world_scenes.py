@@ -49,12 +49,26 @@ def test_parse_examples_and_rejects():
         assert parse_prompt(prompt) is None
 
 
-def test_pretraining_never_sees_heldout_pairs():
-    _, captions = render_pool(500, seed=0)
-    for caption in captions:
-        for obj in parse_prompt(caption).objects:
-            assert (obj.color, obj.shape) not in HELDOUT_PAIRS
-    assert len(SEEN_PAIRS) + len(HELDOUT_PAIRS) == 18
+def test_seen_and_heldout_pairs_cover_the_palette():
+    assert len(SEEN_PAIRS) + len(HELDOUT_PAIRS) == 18 and not set(SEEN_PAIRS) & HELDOUT_PAIRS
+
+
+def test_quality_tags_and_careful_phrasing_claim_nothing_more():
+    plain = parse_prompt("two red circles left of a blue square")
+    for prompt in (
+        "high quality, clean, two red circles left of a blue square",
+        "two red circles left of a blue square, sharp, minimal",
+        "noisy, a photo of two red circles left of a blue square on a white background, low quality",
+    ):
+        assert parse_prompt(prompt) == plain, prompt
+    spec = parse_prompt("three green triangles")
+    assert parse_prompt("exactly three green triangles") == spec
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        claim = caption_spec(rng, sample_spec(rng, "relation"), keep_size=0.5, keep_position=0.5)
+        careful = make_caption(claim, rng, careful=True)
+        assert careful.count("exactly") == 2 and parse_prompt(careful).canonical() == claim.canonical(), careful
+    assert parse_prompt("clean") is None and parse_prompt("exactly a cat") is None
 
 
 def test_prompt_splits_are_disjoint_and_deterministic():

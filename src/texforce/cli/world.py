@@ -17,7 +17,7 @@ EPILOG = """examples:
   texforce world eval --model /tmp/world/model --num-prompts 8 --num-seeds 1
   texforce world preference --out src/texforce/world/assets/preference --cache runs/preference  # the learned reward
   texforce world preference --out /tmp/preference --tiny               # a seconds-long smoke run
-  texforce world ceiling -o docs/world                                   # best-of-16 and oracle embeddings
+  texforce world ceiling -o docs/world               # headroom: prompt engineering, best-of-16, oracle embeddings
 """
 
 
@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     pretrain.set_defaults(func=run)
 
-    evaluate = verbs.add_parser("eval", help="validate the reward and measure alignment per prompt family")
+    evaluate = verbs.add_parser(
+        "eval", help="validate the exact judges; measure alignment, quality and score per prompt family"
+    )
     evaluate.add_argument("--model", type=Path, help="pipeline folder (default: the shipped model)")
     evaluate.add_argument("--num-prompts", type=int, default=64)
     evaluate.add_argument("--num-seeds", type=int, default=4)
@@ -71,12 +73,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preference.add_argument("--overwrite", action="store_true", help="replace an existing reward folder")
     preference.set_defaults(func=run)
 
-    ceiling = verbs.add_parser("ceiling", help="best-of-N and oracle-embedding alignment of held-out prompts")
+    ceiling = verbs.add_parser(
+        "ceiling", help="headroom of held-out prompts: prompt engineering, best-of-N, oracle embeddings"
+    )
     ceiling.add_argument("-o", "--output", type=Path, default=Path("docs/world"), help="folder for ceiling.md/json")
     ceiling.add_argument("--model", type=Path, help="world pipeline folder (default: the shipped model)")
-    ceiling.add_argument("--num-prompts", type=int, default=32)
+    ceiling.add_argument("--preference", type=Path, help="world_preference folder (default: the shipped one)")
+    ceiling.add_argument("--prompts-per-family", type=int, default=16, help="held-out prompts of each family")
+    ceiling.add_argument("--selection-prompts", type=int, default=24, help="training prompts choosing the variant")
     ceiling.add_argument("--best-of", type=int, default=16)
-    ceiling.add_argument("--oracle-steps", type=int, default=40)
+    ceiling.add_argument("--oracle-steps", type=int, default=30)
     ceiling.add_argument("--eval-seeds", type=int, default=4)
     ceiling.set_defaults(func=run)
 
@@ -113,17 +119,28 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from texforce.world.evaluate import evaluate_alignment, load_world_pipeline, save_grid, validate_reward
+    from texforce.world.evaluate import (
+        evaluate_families,
+        load_world_pipeline,
+        save_grid,
+        validate_quality,
+        validate_reward,
+    )
 
     start = time.perf_counter()
     validation = validate_reward()
     truth, swapped = validation["ground_truth"], validation["swapped"]
-    print(f"reward on ground truth {truth:.3f}, captions swapped {swapped:.3f}")
+    print(f"world_alignment on ground truth {truth:.3f}, captions swapped {swapped:.3f}")
+    quality = validate_quality()
+    for defects in range(4):
+        means = [r["quality"] for r in quality.values() if r["defects"] == defects]
+        print(f"world_quality on ground truth with {defects} defect(s): {min(means):.3f} … {max(means):.3f}")
     pipeline = load_world_pipeline(args.model)
     sampling = {k: getattr(args, k) for k in ("num_inference_steps", "guidance_scale", "eta")}
-    alignment = evaluate_alignment(pipeline, num_prompts=args.num_prompts, num_seeds=args.num_seeds, **sampling)
-    for family, result in alignment.items():
-        print(f"{family:12s} {result['mean']:.3f} ± {result['sem']:.3f}  ({result['num_images']} images)")
+    families = evaluate_families(pipeline, num_prompts=args.num_prompts, num_seeds=args.num_seeds, **sampling)
+    for family, judges in families.items():
+        shown = "  ".join(f"{k} {v['mean']:.3f} ± {v['sem']:.3f}" for k, v in judges.items())
+        print(f"{family:12s} {shown}  ({judges['world_score']['num_images']} images)")
     elapsed = time.perf_counter() - start
     print(f"done in {elapsed:.0f}s")
     if args.grid:
@@ -131,7 +148,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.output:
         record = {
             "reward_validation": validation,
-            "alignment": alignment,
+            "quality_validation": quality,
+            "families": families,
             "sampling": sampling,
             "seconds": elapsed,
         }
@@ -152,17 +170,23 @@ def _preference(args: argparse.Namespace) -> int:
 
 
 def _ceiling(args: argparse.Namespace) -> int:
-    from texforce.world.ceiling import CeilingConfig, measure_ceiling, write_ceiling_page
+    from texforce.world.ceiling import CeilingConfig, measure_ceiling
+    from texforce.world.ceiling_page import write_ceiling_page
 
-    if min(args.num_prompts, args.best_of, args.oracle_steps, args.eval_seeds) < 1:
-        raise TexforceError("--num-prompts, --best-of, --oracle-steps and --eval-seeds must be >= 1")
+    counts = (args.prompts_per_family, args.selection_prompts, args.best_of, args.oracle_steps, args.eval_seeds)
+    if min(counts) < 1:
+        raise TexforceError(
+            "--prompts-per-family, --selection-prompts, --best-of, --oracle-steps and --eval-seeds must be >= 1"
+        )
     cfg = CeilingConfig(
-        num_prompts=args.num_prompts,
+        prompts_per_family=args.prompts_per_family,
+        selection_prompts=args.selection_prompts,
         best_of=args.best_of,
         oracle_steps=args.oracle_steps,
         num_eval_seeds=args.eval_seeds,
     )
-    print(write_ceiling_page(measure_ceiling(cfg, args.model, log=_print), args.output))
+    record = measure_ceiling(cfg, args.model, args.preference, log=_print)
+    print(write_ceiling_page(record, args.output))
     return 0
 
 

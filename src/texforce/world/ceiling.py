@@ -1,22 +1,25 @@
-"""How far can tuning the text encoder go in the world? Two ceilings, measured before any tuning.
+"""How far can changing the *text* go in the world? The headroom, measured before any tuning.
 
-1. **Best of N** (`best_of_n`): per held-out prompt, the best exact alignment among N seeds, sampled from the base
-   embeddings with the evaluation sampler (deterministic DDIM): what the U-Net already draws for the prompt when
-   the noise is right. A policy that moves probability toward those samples has this much room.
-2. **Oracle embeddings** (`oracle_embeddings`): per held-out prompt, the prompt embeddings themselves are free
-   parameters, optimised by backprop through the whole sampler and the VAE against the learned `world_preference`,
-   then judged by the exact reward on fresh seeds. Any text-encoder change only produces *some* embeddings, so
-   this bounds what it can reach through the same U-Net (up to the optimiser and the learned reward's accuracy).
+On held-out plain prompts of each family, side by side on the same seeds (deterministic DDIM, paired noise):
 
-If the oracle barely beats the base, the U-Net cannot express what the text encoder would need to say and the
-world must be retrained; if it beats it clearly, the text encoder is the bottleneck, as the paper argues for SD.
+1. **base**: the plain prompt.
+2. **prompt-engineered** (prompt_engineering.py): quality tags and/or the careful phrasing. The variant is chosen on
+   *training* prompts only (`select_variant`: every candidate on the same seeds, the best mean `world_score`), then
+   applied unchanged to the held-out ones; the best tags-only and careful-only variants are shown too.
+3. **best of N**: per prompt, the best `world_score` among N other seeds of the plain prompt — headroom in the noise,
+   which no text change can reach.
+4. **oracle embeddings**: per prompt, the prompt embeddings themselves optimised by backprop through the whole sampler
+   and the VAE against the learned `world_preference`, judged on the evaluation seeds: what any text encoder could
+   reach through this U-Net (up to the optimiser and the learned reward's accuracy).
+
+Every row is judged by `world_score` (alignment × quality) and by its two parts. The gap between rows 2 and 1 is the
+room a text-encoder adapter is asked to take (issue "Words matter").
 
     texforce world ceiling -o docs/world
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,27 +30,31 @@ import torch
 from texforce.architectures import sd_ddim_scheduler
 from texforce.sampling import decode, decode_latents, denoise, guided_noise_fn
 from texforce.stats import Estimate, estimate
+from texforce.world.prompt_engineering import PLAIN, PromptVariant, candidate_variants
 
 Log = Callable[[str], None]
+JUDGES = ("world_score", "world_alignment", "world_quality")
+EVAL_SEED = 1234  # the in-run evaluation's first seed (config `eval.seed`)
+SELECTION_SEED, BEST_OF_SEED = 20_000, 10_000  # seeds for choosing the variant and for best-of-N: never judged on
 
 
 @dataclass
 class CeilingConfig:
     """Every number of one ceiling measurement."""
 
-    num_prompts: int = 32  # held-out prompts of the `world` set (counts, relations, held-out pairings)
+    families: tuple[str, ...] = ("single", "count", "relation", "composition")
+    prompts_per_family: int = 16  # held-out plain prompts of each family
+    selection_prompts: int = 24  # training prompts (single, count, relation) that choose the engineered variant
+    selection_seeds: int = 2
     best_of: int = 16
-    oracle_steps: int = 40
-    oracle_noises: int = 2  # fresh noises per prompt per optimiser step
+    oracle_steps: int = 30
+    oracle_noises: int = 1  # fresh noises per prompt per optimiser step
     oracle_learning_rate: float = 2e-2
-    num_eval_seeds: int = 4  # the judge's seeds (EVAL_SEED…), disjoint from the oracle's training noise
+    num_eval_seeds: int = 4  # the judge's seeds (EVAL_SEED…), disjoint from every other seed here
     num_steps: int = 20
     guidance_scale: float = 5.0
     seed: int = 0
     num_threads: int = 2
-
-
-EVAL_SEED = 1234  # the in-run evaluation's first seed (config `eval.seed`)
 
 
 class Sampler:
@@ -56,6 +63,7 @@ class Sampler:
     def __init__(self, model_dir: Path | None, num_steps: int, guidance_scale: float) -> None:
         from texforce.world.evaluate import load_world_pipeline
 
+        self.model_dir = model_dir
         self.pipe = load_world_pipeline(model_dir)
         for module in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
             module.requires_grad_(False).eval()
@@ -86,31 +94,48 @@ class Sampler:
         return decode(self.pipe.vae, latents, checkpoint=True) if grad else decode_latents(self.pipe.vae, latents)
 
 
-def _by_family(values: torch.Tensor, families: Sequence[str]) -> dict[str, Estimate]:
-    """Mean ± 95% interval over prompts, per family and for all."""
-    out = {name: estimate([v for v, f in zip(values.tolist(), families, strict=True) if f == name])
-           for name in dict.fromkeys(families)}  # fmt: skip
-    out["all"] = estimate(values.tolist())
-    return out
-
-
 @torch.no_grad()
-def judge(sampler: Sampler, embeds: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
-    """Exact alignment (S, P) of each prompt's embeddings under each seed's noise."""
+def judge(
+    sampler: Sampler, embeds: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """`world_score`, `world_alignment` and `world_quality` (S, P) of each prompt's embeddings under each seed;
+    `prompts` are the plain prompts whose claims are judged."""
+    from texforce.world.quality import exact_quality
     from texforce.world.reward import WorldAlignmentReward
 
     reward = WorldAlignmentReward()
-    return torch.stack([reward(sampler.images(embeds, sampler.noise(len(prompts), s)), prompts) for s in seeds])
+    alignment, quality = [], []
+    for s in seeds:
+        images = sampler.images(embeds, sampler.noise(len(prompts), s))
+        alignment.append(reward(images, prompts))
+        quality.append(exact_quality(images))
+    alignment_, quality_ = torch.stack(alignment), torch.stack(quality)
+    return {"world_score": alignment_ * quality_, "world_alignment": alignment_, "world_quality": quality_}
+
+
+def select_variant(
+    sampler: Sampler, prompts: Sequence[str], cfg: CeilingConfig, log: Log
+) -> list[tuple[PromptVariant, float]]:
+    """Every candidate variant with its mean `world_score` on the (training) `prompts`, best first."""
+    seeds = [SELECTION_SEED + k for k in range(cfg.selection_seeds)]
+    ranked = []
+    candidates = candidate_variants()
+    for i, variant in enumerate(candidates):
+        scores = judge(sampler, sampler.encode([variant.apply(p) for p in prompts]), prompts, seeds)
+        ranked.append((variant, float(scores["world_score"].mean())))
+        if (i + 1) % 10 == 0 or i + 1 == len(candidates):
+            log(f"selection: {i + 1}/{len(candidates)} variants on {len(prompts)} training prompts")
+    return sorted(ranked, key=lambda item: -item[1])
 
 
 def oracle_embeddings(
-    sampler: Sampler, prompts: Sequence[str], cfg: CeilingConfig, log: Log
+    sampler: Sampler, prompts: Sequence[str], cfg: CeilingConfig, log: Log, preference_dir: Path | None = None
 ) -> tuple[torch.Tensor, list[float]]:
     """Per-prompt embeddings (P, L, D) optimised against `world_preference` with Adam; and the learned reward
     per step (on that step's training noise)."""
-    from texforce.world.reward import WorldPreferenceReward
+    from texforce.world.learned import WorldPreferenceReward
 
-    reward = WorldPreferenceReward()
+    reward = WorldPreferenceReward(preference_dir, sampler.model_dir)
     embeds = sampler.encode(prompts).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([embeds], lr=cfg.oracle_learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -130,80 +155,76 @@ def oracle_embeddings(
     return embeds.detach(), curve
 
 
-def measure_ceiling(cfg: CeilingConfig, model_dir: Path | None = None, log: Log = print) -> dict:
-    """Base, best-of-N and oracle-embedding alignment of the held-out prompts, per family; a JSON-ready record."""
-    from texforce.prompts import load_prompt_set
-    from texforce.world.scenes import parse_prompt
-
-    torch.set_num_threads(cfg.num_threads)
-    started = time.perf_counter()
-    prompts = list(load_prompt_set("world").eval)[: cfg.num_prompts]
-    families = [_family(parse_prompt(p)) for p in prompts]
-    sampler = Sampler(model_dir, cfg.num_steps, cfg.guidance_scale)
-    base = sampler.encode(prompts)
-    eval_seeds = [EVAL_SEED + k for k in range(cfg.num_eval_seeds)]
-    base_scores = judge(sampler, base, prompts, eval_seeds)  # (S, P)
-    log(f"base: {base_scores.mean():.3f} on {len(prompts)} prompts × {len(eval_seeds)} seeds")
-    best_seeds = list(range(cfg.seed + 10_000, cfg.seed + 10_000 + cfg.best_of))
-    best = judge(sampler, base, prompts, best_seeds).amax(0)  # (P,)
-    log(f"best of {cfg.best_of}: {best.mean():.3f}")
-    oracle, curve = oracle_embeddings(sampler, prompts, cfg, log)
-    oracle_scores = judge(sampler, oracle, prompts, eval_seeds)
-    log(f"oracle embeddings: {oracle_scores.mean():.3f}")
-    record = {
-        "config": asdict(cfg),
-        "prompts": prompts,
-        "families": families,
-        "base": _summary(_by_family(base_scores.mean(0), families)),
-        "best_of_n": _summary(_by_family(best, families)),
-        "oracle": _summary(_by_family(oracle_scores.mean(0), families)),
-        "oracle_vs_base": _summary(_by_family(oracle_scores.mean(0) - base_scores.mean(0), families)),
-        "oracle_learned_reward_curve": [round(v, 4) for v in curve],
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    return record
-
-
-def _family(spec) -> str:
-    """A held-out prompt's family: composition (an unseen colour–shape pairing), relation or count."""
-    from texforce.world.scenes import HELDOUT_PAIRS
-
-    if any((o.color, o.shape) in HELDOUT_PAIRS for o in spec.objects):
-        return "composition"
-    return "relation" if spec.relation is not None else "count"
+def _by_family(values: torch.Tensor, families: Sequence[str]) -> dict[str, Estimate]:
+    """Mean ± 95% interval over prompts (P,), per family and for all."""
+    out = {name: estimate([v for v, f in zip(values.tolist(), families, strict=True) if f == name])
+           for name in dict.fromkeys(families)}  # fmt: skip
+    out["all"] = estimate(values.tolist())
+    return out
 
 
 def _summary(estimates: dict[str, Estimate]) -> dict[str, dict[str, float]]:
     return {k: {"mean": round(e.mean, 4), "ci95": round(e.ci, 4), "n": e.n} for k, e in estimates.items()}
 
 
-def write_ceiling_page(record: dict, folder: Path) -> Path:
-    """`ceiling.json` and `ceiling.md` (a table per family) into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ceiling.json").write_text(json.dumps(record, indent=2) + "\n")
-    c = record["config"]
-    rows = []
-    for family in record["base"]:
-        cells = [record[k][family] for k in ("base", "best_of_n", "oracle", "oracle_vs_base")]
-        shown = " | ".join(f"{x['mean']:.3f} ± {x['ci95']:.3f}" for x in cells)
-        rows.append(f"| {family} | {cells[0]['n']} | {shown} |")
-    seeds = f"{EVAL_SEED}…{EVAL_SEED + c['num_eval_seeds'] - 1}"
-    text = "\n".join([
-        "# Ceiling of the world's held-out prompts\n",
-        "_Generated by `texforce world ceiling`; do not edit by hand._\n",
-        f"Held-out prompts of the `world` set, exact `world_alignment`, DDIM {c['num_steps']} steps (eta 0), "
-        f"CFG {c['guidance_scale']}. **base** and **oracle**: mean over seeds {seeds} "
-        f"per prompt; **best of {c['best_of']}**: the best of {c['best_of']} other seeds per prompt, base embeddings; "
-        f"**oracle**: each prompt's embeddings optimised directly ({c['oracle_steps']} Adam steps, lr "
-        f"{c['oracle_learning_rate']}, {c['oracle_noises']} fresh noises per step) by backprop through the whole "
-        "sampler against the learned `world_preference`, judged on the evaluation seeds (never optimised on). "
-        "± is the 95% interval over prompts.\n",
-        "| family | prompts | base | best of N | oracle embeddings | oracle − base |",
-        "|---|---|---|---|---|---|",
-        *rows,
-        "",
-        f"Wall time {record['seconds']:.0f} s.",
-    ])  # fmt: skip
-    path = folder / "ceiling.md"
-    path.write_text(text + "\n")
-    return path
+def heldout_prompts(cfg: CeilingConfig) -> tuple[list[str], list[str]]:
+    """The held-out plain prompts and their families."""
+    from texforce.world.scenes import family_prompts
+
+    prompts = {f: family_prompts(f, "heldout", cfg.prompts_per_family, seed=3) for f in cfg.families}
+    return [p for f in cfg.families for p in prompts[f]], [f for f in cfg.families for _ in prompts[f]]
+
+
+def selection_prompts(cfg: CeilingConfig) -> list[str]:
+    """Training-split prompts of the families that have one (never the held-out ones)."""
+    from texforce.world.scenes import family_prompts
+
+    families = ("single", "count", "relation")
+    share = -(-cfg.selection_prompts // len(families))
+    return [p for f in families for p in family_prompts(f, "train", share, seed=5)][: cfg.selection_prompts]
+
+
+def measure_ceiling(
+    cfg: CeilingConfig, model_dir: Path | None = None, preference_dir: Path | None = None, log: Log = print
+) -> dict:
+    """The headroom rows (see the module docstring) per family and judge; a JSON-ready record."""
+    torch.set_num_threads(cfg.num_threads)
+    started = time.perf_counter()
+    sampler = Sampler(model_dir, cfg.num_steps, cfg.guidance_scale)
+    ranked = select_variant(sampler, selection_prompts(cfg), cfg, log)
+    chosen = {
+        "prompt-engineered": ranked[0][0],
+        "tags only": next(v for v, _ in ranked if v.tags and not v.careful),
+        "careful phrasing only": PromptVariant(careful=True),
+    }
+    log(f"chosen on training prompts: {ranked[0][0].name} ({ranked[0][1]:.3f}; plain "
+        f"{next(s for v, s in ranked if v == PLAIN):.3f})")  # fmt: skip
+
+    prompts, families = heldout_prompts(cfg)
+    eval_seeds = [EVAL_SEED + k for k in range(cfg.num_eval_seeds)]
+    rows: dict[str, dict[str, torch.Tensor]] = {}  # row → judge → (P,) mean over seeds
+    for name, variant in {"base": PLAIN, **chosen}.items():
+        scores = judge(sampler, sampler.encode([variant.apply(p) for p in prompts]), prompts, eval_seeds)
+        rows[name] = {k: v.mean(0) for k, v in scores.items()}
+        log(f"{name}: world_score {rows[name]['world_score'].mean():.3f}")
+    base = sampler.encode(prompts)
+    best = judge(sampler, base, prompts, [BEST_OF_SEED + k for k in range(cfg.best_of)])
+    top = best["world_score"].argmax(0)  # (P,) the best seed per prompt
+    rows[f"best of {cfg.best_of}"] = {k: v.gather(0, top[None])[0] for k, v in best.items()}
+    oracle, curve = oracle_embeddings(sampler, prompts, cfg, log, preference_dir)
+    rows["oracle embeddings"] = {k: v.mean(0) for k, v in judge(sampler, oracle, prompts, eval_seeds).items()}
+    log(f"oracle embeddings: world_score {rows['oracle embeddings']['world_score'].mean():.3f}")
+    gap = rows["prompt-engineered"]["world_score"] - rows["base"]["world_score"]
+    return {
+        "config": asdict(cfg),
+        "prompts": prompts,
+        "families": families,
+        "selection": [{"variant": v.name, "world_score": round(s, 4)} for v, s in ranked],
+        "chosen": {name: asdict(v) | {"tags": list(v.tags), "name": v.name} for name, v in chosen.items()},
+        "rows": {
+            row: {k: _summary(_by_family(v, families)) for k, v in by_judge.items()} for row, by_judge in rows.items()
+        },
+        "engineered_minus_base": _summary(_by_family(gap, families)),
+        "oracle_learned_reward_curve": [round(v, 4) for v in curve],
+        "seconds": round(time.perf_counter() - started, 1),
+    }

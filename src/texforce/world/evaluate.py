@@ -1,4 +1,5 @@
-"""Measurements of the world: the reward's validation and the model's alignment per prompt family."""
+"""Measurements of the world: the exact judges' validation on rendered ground truth, and the model's alignment and
+quality per prompt family."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from diffusers import StableDiffusionPipeline
 
 from texforce.errors import TexforceError
 from texforce.world import MODEL_DIR
+from texforce.world.degrade import QUALITY_LEVELS, render_degraded
+from texforce.world.quality import exact_quality, soft_quality
 from texforce.world.reward import WorldAlignmentReward
-from texforce.world.scenes import FAMILIES, family_prompts, render_pool
+from texforce.world.scenes import FAMILIES, family_prompts, make_caption, place_scene, render_pool, sample_spec
 
 
 def load_world_pipeline(model_dir: str | Path | None = None) -> StableDiffusionPipeline:
@@ -34,6 +37,26 @@ def validate_reward(num_scenes: int = 512, seed: int = 1) -> dict[str, float]:
         "ground_truth": reward(pixels, captions).mean().item(),
         "swapped": reward(pixels, captions[1:] + captions[:1]).mean().item(),
     }
+
+
+def validate_quality(num_scenes: int = 64, seed: int = 2) -> dict[str, dict[str, float]]:
+    """`world_quality`, its soft form and `world_alignment` (true captions) of the same `num_scenes` rendered scenes
+    at every quality level, keyed "background/rendering/distractors"."""
+    rng = np.random.default_rng(seed)
+    specs = [sample_spec(rng, ("single", "count", "relation")[i % 3]) for i in range(num_scenes)]
+    placed = [place_scene(spec, rng) for spec in specs]
+    captions = [make_caption(spec) for spec in specs]
+    results = {}
+    for level in QUALITY_LEVELS:
+        images = np.stack([render_degraded(objects, level, rng) for objects in placed])
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        results[f"{level.background}/{level.rendering}/{level.distractors}"] = {
+            "defects": level.defects,
+            "quality": exact_quality(pixels).mean().item(),
+            "quality_soft": soft_quality(pixels).mean().item(),
+            "alignment": WorldAlignmentReward()(pixels, captions).mean().item(),
+        }
+    return results
 
 
 @torch.no_grad()
@@ -63,26 +86,27 @@ def sample_images(
     return torch.cat(batches)
 
 
-def evaluate_alignment(
+def evaluate_families(
     pipeline: StableDiffusionPipeline,
     families: Sequence[str] = FAMILIES,
     num_prompts: int = 64,
     num_seeds: int = 4,
     **sampling,
-) -> dict[str, dict[str, float]]:
-    """Mean and standard error of `world_alignment` per family on its `heldout` prompts."""
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and standard error of `world_alignment`, `world_quality` and `world_score` per family on its `heldout`
+    (plain) prompts."""
     reward = WorldAlignmentReward()
     results = {}
     for family in families:
         prompts = family_prompts(family, "heldout", num_prompts)
-        scores = torch.cat(
-            [reward(sample_images(pipeline, prompts, seed, **sampling), prompts) for seed in range(num_seeds)]
-        )
+        images = torch.cat([sample_images(pipeline, prompts, seed, **sampling) for seed in range(num_seeds)])
+        alignment = reward(images, prompts * num_seeds)
+        quality = exact_quality(images)
         results[family] = {
-            "mean": scores.mean().item(),
-            "sem": scores.std().item() / np.sqrt(len(scores)),
-            "num_images": len(scores),
-        }
+            name: {"mean": v.mean().item(), "sem": v.std().item() / np.sqrt(len(v)), "num_images": len(v)}
+            for name, v in (("world_alignment", alignment), ("world_quality", quality),
+                            ("world_score", alignment * quality))
+        }  # fmt: skip
     return results
 
 

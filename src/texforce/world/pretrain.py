@@ -1,12 +1,16 @@
 """Pre-training of the world model, the way Stable Diffusion was built, sized for a 2-core CPU.
 
-Three stages on one pre-rendered pool of scenes: (1) a small CLIP trained contrastively; (2) a small
+Three stages on one pre-rendered, web-like pool of scenes (pool.py: pictures of varied quality, captions that state
+it only sometimes and are sometimes wrong): (1) a small CLIP trained contrastively; (2) a small
 `AutoencoderKL` (64×64×3 → 16×16×4); (3) a small `UNet2DConditionModel` trained on noise prediction,
 conditioned on the frozen text tower, with `empty_caption_prob` empty captions for classifier-free
 guidance. Because the text tower and the VAE are frozen in stage 3, caption embeddings and latent
 distributions are encoded once, and each U-Net step only samples from them.
 
-    texforce world pretrain --out src/texforce/world/assets/model --seed 0
+After the VAE and at U-Net checkpoints the run measures what matters for the world's room in text space: whether
+the VAE keeps clean pictures clean, and whether a quality tag steers the U-Net (`steering_probe`, paired seeds).
+
+    texforce world pretrain --out src/texforce/world/assets --seed 0
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
-    DDPMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
@@ -31,9 +34,11 @@ from diffusers import (
 from texforce.architectures import assemble_pipeline
 from texforce.errors import TexforceError
 from texforce.export import save_pipeline
+from texforce.world.architectures import build_noise_scheduler, build_unet, build_vae
 from texforce.world.clip import WorldClip, build_image_encoder, build_text_encoder
-from texforce.world.reward import WorldAlignmentReward
-from texforce.world.scenes import BACKGROUND, render_pool
+from texforce.world.detect import segment_colors, tensor_images
+from texforce.world.pool import WEB_MIX, WebPool, render_web_pool
+from texforce.world.probes import clip_tag_probe, reconstruction_checks, steering_probe
 
 Log = Callable[[str], None]
 STATS_FILE = "pretrain_stats.json"
@@ -69,6 +74,7 @@ class PretrainConfig:
     unet_ema_decay: float = 0.995
     empty_caption_prob: float = 0.1
     unet_save_every: int = 250
+    probe_every: int = 1000  # U-Net steps between tag-steering probes
     num_threads: int = 2
 
     def validate(self) -> None:
@@ -97,6 +103,7 @@ def tiny_config(seed: int = 0) -> PretrainConfig:
         unet_channels=(16, 16, 16),
         unet_steps=2,
         unet_save_every=1,
+        probe_every=2,
         unet_batch_size=4,
     )
 
@@ -111,11 +118,6 @@ def _lr_lambda(num_steps: int, warmup: int) -> Callable[[int], float]:
         return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-def _to_pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 (B, 64, 64, 3) → float (B, 3, 64, 64) in [0, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
 
 
 def _every(step: int, num_steps: int) -> bool:
@@ -135,7 +137,7 @@ def train_clip(cfg: PretrainConfig, images: np.ndarray, captions: list[str], log
     for step in range(cfg.clip_steps):
         index = torch.randint(len(captions), (cfg.clip_batch_size,), generator=generator)
         text_embeds = clip.embed_token_ids(token_ids[index])  # (B, D)
-        image_embeds = clip.embed_images(_to_pixels(images[index.numpy()]))  # (B, D)
+        image_embeds = clip.embed_images(tensor_images(images[index.numpy()]))  # (B, D)
         logits = clip.logit_scale.clamp(max=math.log(100)).exp() * image_embeds @ text_embeds.T  # (B, B)
         targets = torch.arange(len(index))
         loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
@@ -149,29 +151,15 @@ def train_clip(cfg: PretrainConfig, images: np.ndarray, captions: list[str], log
     return clip.eval().requires_grad_(False)
 
 
-def build_vae(channels: tuple[int, ...]) -> AutoencoderKL:
-    """A small `AutoencoderKL`: 64×64×3 → 16×16×4 with three levels."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(channels),
-        up_block_types=("UpDecoderBlock2D",) * len(channels),
-        block_out_channels=tuple(channels),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-    )
-
-
 def object_weights(pixels: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """Per-pixel loss weights (B, 1, H, W): `object_weight` on objects and the pixel rim around them, else 1.
+    """Per-pixel loss weights (B, 1, H, W) of pixels in [-1, 1]: `object_weight` on palette-coloured pixels (objects,
+    specks) and the pixel rim around them, else 1 (any background, white, tinted or textured).
 
-    Objects cover a few percent of a scene; without the weight the VAE learns the white background and blurs
+    Objects cover a few percent of a scene; without the weight the VAE learns the background and blurs
     the small shapes (a 12-px triangle comes back as an unrecognisable blob).
     """
-    background = torch.tensor(BACKGROUND, dtype=pixels.dtype).view(1, 3, 1, 1) / 127.5 - 1
-    objects = (pixels - background).abs().amax(1, keepdim=True).gt(1e-3).to(pixels.dtype)
+    rgb = ((pixels + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+    objects = torch.from_numpy(segment_colors(rgb) >= 0)[:, None].to(pixels.dtype)
     return 1 + (object_weight - 1) * F.max_pool2d(objects, 3, stride=1, padding=1)
 
 
@@ -183,7 +171,7 @@ def train_vae(cfg: PretrainConfig, images: np.ndarray, log: Log) -> AutoencoderK
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     for step in range(cfg.vae_steps):
         index = torch.randint(len(images), (cfg.vae_batch_size,), generator=generator)
-        pixels = _to_pixels(images[index.numpy()]) * 2 - 1  # (B, 3, 64, 64) in [-1, 1]
+        pixels = tensor_images(images[index.numpy()]) * 2 - 1  # (B, 3, 64, 64) in [-1, 1]
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
         weights = object_weights(pixels, cfg.vae_object_weight)
@@ -200,14 +188,6 @@ def train_vae(cfg: PretrainConfig, images: np.ndarray, log: Log) -> AutoencoderK
 
 
 @torch.no_grad()
-def reconstruction_alignment(vae: AutoencoderKL, images: np.ndarray, captions: list[str]) -> float:
-    """Mean `world_alignment` of VAE reconstructions: the ceiling the diffusion model can reach."""
-    pixels = _to_pixels(images) * 2 - 1
-    reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample
-    return WorldAlignmentReward()((reconstruction + 1) / 2, captions).mean().item()
-
-
-@torch.no_grad()
 def encode_pool(
     clip: WorldClip, vae: AutoencoderKL, images: np.ndarray, captions: list[str], batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -220,32 +200,11 @@ def encode_pool(
     )  # (U + 1, L, H)
     means, stds = [], []
     for start in range(0, len(images), batch_size):
-        pixels = _to_pixels(images[start : start + batch_size]) * 2 - 1
+        pixels = tensor_images(images[start : start + batch_size]) * 2 - 1
         posterior = vae.encode(pixels).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
     return torch.cat(means), torch.cat(stds), caption_index, prompt_embeds
-
-
-def build_unet(channels: tuple[int, ...], cross_attention_dim: int) -> UNet2DConditionModel:
-    """A small conditional U-Net on 16×16×4 latents; cross-attention at 8×8 and 4×4."""
-    return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=tuple(channels),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
-
-
-def build_noise_scheduler() -> DDPMScheduler:
-    """Stable Diffusion's training schedule (scaled-linear betas 0.00085 → 0.012, 1000 steps)."""
-    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
 
 
 def train_unet(
@@ -329,9 +288,12 @@ def pretrain(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    images, captions = render_pool(cfg.num_scenes, cfg.seed)
+    pool = render_web_pool(cfg.num_scenes, cfg.seed)
+    images, captions = pool.images, pool.captions
     timings["render_s"] = time.perf_counter() - start
-    log(f"rendered {len(images)} scenes in {timings['render_s']:.1f}s")
+    clean_share = np.mean([q.defects == 0 for q in pool.qualities])
+    log(f"rendered {len(images)} web-like scenes in {timings['render_s']:.1f}s: "
+        f"{clean_share:.0%} clean, {pool.truthful.mean():.0%} true captions")  # fmt: skip
 
     if reuse_clip is None:
         start = time.perf_counter()
@@ -340,12 +302,15 @@ def pretrain(
     else:
         clip = reuse_clip
         log("stage 1 skipped: reusing a trained CLIP")
+    tag_probe = clip_tag_probe(clip, WebPool(images[:512], captions[:512], pool.qualities[:512], pool.truthful[:512]))
+    log(f"clip tag probe: {tag_probe:.3f} of clean / low-quality pictures prefer their own overall tags")
 
     start = time.perf_counter()
     vae = train_vae(cfg, images, log)
     timings["vae_s"] = time.perf_counter() - start
-    recon_alignment = reconstruction_alignment(vae, images[:256], captions[:256])
-    log(f"vae reconstructions: world_alignment {recon_alignment:.3f}")
+    sample = WebPool(images[:256], captions[:256], pool.qualities[:256], pool.truthful[:256])
+    reconstruction = reconstruction_checks(vae, sample)
+    log("vae reconstructions: " + ", ".join(f"{k} {v:.3f}" for k, v in reconstruction.items()))
 
     start = time.perf_counter()
     latent_means, latent_stds, caption_index, prompt_embeds = encode_pool(clip, vae, images, captions)
@@ -363,17 +328,27 @@ def pretrain(
             "image_encoder": sum(p.numel() for p in clip.image_encoder.parameters()),
             "vae": sum(p.numel() for p in vae.parameters()),
         },
-        "vae_reconstruction_alignment": round(recon_alignment, 3),
+        "data_mixture": asdict(WEB_MIX),
+        "vae_reconstruction": {k: round(v, 3) for k, v in reconstruction.items()},
+        "clip_tag_probe": round(tag_probe, 3),
+        "steering_probes": {},
         "clip_reused": reuse_clip is not None,
         "torch_threads": torch.get_num_threads(),
     }
 
     def save(unet: UNet2DConditionModel, unet_steps_done: int) -> None:
-        save_world_pipeline(out_dir, clip, vae, unet)
+        pipeline = save_world_pipeline(out_dir, clip, vae, unet)
+        if unet_steps_done % cfg.probe_every == 0 or unet_steps_done == cfg.unet_steps:
+            probe_start = time.perf_counter()
+            probe = steering_probe(pipeline)
+            timings["probe_s"] = timings.get("probe_s", 0.0) + time.perf_counter() - probe_start
+            stats["steering_probes"][unet_steps_done] = {k: round(v, 3) for k, v in probe.items()}
+            log(f"steering probe after {unet_steps_done} U-Net steps: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in probe.items()))  # fmt: skip
         stats["parameters"]["unet"] = sum(p.numel() for p in unet.parameters())
         stats["unet_steps_done"] = unet_steps_done
         stats["timings"] = {k: round(v, 1) for k, v in timings.items()}
-        stats["timings"]["unet_s"] = round(time.perf_counter() - unet_start, 1)
+        stats["timings"]["unet_s"] = round(time.perf_counter() - unet_start - timings.get("probe_s", 0.0), 1)
         stats["timings"]["total_s"] = round(sum(stats["timings"].values()), 1)
         (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
         log(f"saved {out_dir} after {unet_steps_done} U-Net steps")

@@ -1,53 +1,30 @@
-"""Rewards of the offline world: the exact `world_alignment`, and the learned, differentiable `world_preference`
-(the world's ImageReward, see preference.py) and `world_clipscore`.
+"""The exact judges of the offline world: `world_alignment` (does the picture show what the prompt says?),
+`world_quality` (is it a clean picture? see quality.py) and their product `world_score`, the headline judge.
 
-`world_alignment` parses the prompt into a `SceneSpec`, finds the objects in the image (nearest-palette
-colour segmentation, connected components, a template-IoU shape classifier) and returns the fraction of
-the claim that holds, minus `EXTRA_PENALTY` per object beyond those claimed. Per object group the checks
-are: colour present, shape present, colour–shape binding, exact count, and the size and position when
-claimed; a relation is worth half the score of a two-object prompt.
+`world_alignment` parses the prompt into a `SceneSpec`, finds the objects in the image (detect.py) and returns the
+fraction of the claim that holds, minus `EXTRA_PENALTY` per object beyond those claimed. Per object group the checks
+are: colour present, shape present, colour–shape binding, exact count, and the size and position when claimed; a
+relation is worth half the score of a two-object prompt. Quality tags and "exactly" in a prompt claim nothing.
+
+`world_score = world_alignment × world_quality`: a picture is good when it is right *and* clean; a clean picture of
+the wrong scene, or a blank one, scores 0. The learned rewards (`world_preference`, `world_clipscore`) are in
+learned.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from texforce.errors import TexforceError
 from texforce.rewards.base import DifferentiableReward
-from texforce.world.scenes import (
-    BACKGROUND,
-    COLORS,
-    IMAGE_SIZE,
-    SHAPES,
-    SceneSpec,
-    parse_prompt,
-    shape_mask,
-)
+from texforce.world.detect import DetectedObject, detect_objects
+from texforce.world.quality import exact_quality, soft_quality
+from texforce.world.scenes import COLORS, IMAGE_SIZE, SHAPES, SceneSpec, parse_prompt
 
-MAX_COLOR_DISTANCE = 110.0  # pixels farther than this from every palette colour count as background
-MIN_AREA = 16  # components with fewer pixels are noise, not objects
-MIN_SHAPE_IOU = 0.6  # below this IoU with every template an object has no shape
 LARGE_SIDE = 16  # bounding-box side (px) from which an object counts as large
 EXTRA_PENALTY = 0.25
-_PALETTE = np.array([*COLORS.values(), BACKGROUND], dtype=np.float32)  # (C + 1, 3)
-_COLOR_NAMES = list(COLORS)
-
-
-@dataclass(frozen=True)
-class DetectedObject:
-    """One connected component of a palette colour; `shape` is `None` when no template fits."""
-
-    color: str
-    shape: str | None
-    side: int
-    cx: float
-    cy: float
 
 
 def parse_world_prompt(prompt: str) -> SceneSpec:
@@ -60,64 +37,6 @@ def parse_world_prompt(prompt: str) -> SceneSpec:
             f"shapes: {', '.join(SHAPES)})"
         )
     return spec
-
-
-def segment_colors(pixels: np.ndarray) -> np.ndarray:
-    """Palette index (B, H, W) int64 of float RGB pixels (B, H, W, 3) in [0, 255]; -1 for background."""
-    distances = ((pixels[..., None, :] - _PALETTE) ** 2).sum(-1)  # (B, H, W, C + 1)
-    index = distances.argmin(-1)
-    background = (index == len(COLORS)) | (distances.min(-1) > MAX_COLOR_DISTANCE**2)
-    return np.where(background, -1, index)
-
-
-def label_components(classes: np.ndarray) -> np.ndarray:
-    """4-connected components of equal class (B, H, W); 0 for background, else a label unique per batch."""
-    labels = np.where(classes >= 0, np.arange(1, classes.size + 1).reshape(classes.shape), 0)
-    same_y = (classes[:, 1:, :] == classes[:, :-1, :]) & (classes[:, 1:, :] >= 0)  # (B, H - 1, W)
-    same_x = (classes[:, :, 1:] == classes[:, :, :-1]) & (classes[:, :, 1:] >= 0)  # (B, H, W - 1)
-    while True:
-        new = labels.copy()
-        np.maximum(new[:, 1:, :], np.where(same_y, labels[:, :-1, :], 0), out=new[:, 1:, :])
-        np.maximum(new[:, :-1, :], np.where(same_y, labels[:, 1:, :], 0), out=new[:, :-1, :])
-        np.maximum(new[:, :, 1:], np.where(same_x, labels[:, :, :-1], 0), out=new[:, :, 1:])
-        np.maximum(new[:, :, :-1], np.where(same_x, labels[:, :, 1:], 0), out=new[:, :, :-1])
-        if np.array_equal(new, labels):
-            return labels
-        labels = new
-
-
-def _classify_shape(mask: np.ndarray, side: int, cx: float, cy: float) -> str | None:
-    best, best_iou = None, MIN_SHAPE_IOU
-    for shape in SHAPES:
-        template = shape_mask(shape, side, cx, cy)
-        iou = (mask & template).sum() / max((mask | template).sum(), 1)
-        if iou >= best_iou:
-            best, best_iou = shape, iou
-    return best
-
-
-def detect_objects(images: torch.Tensor) -> list[list[DetectedObject]]:
-    """The objects in each image of a batch (B, 3, H, W) in [0, 1]; images are resized to 64×64."""
-    images = images.detach().float().cpu()
-    if images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-        images = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
-    pixels = images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255.0  # (B, H, W, 3)
-    classes = segment_colors(pixels)
-    labels = label_components(classes)
-    results = []
-    for image_labels, image_classes in zip(labels, classes, strict=True):
-        ids, areas = np.unique(image_labels[image_labels > 0], return_counts=True)
-        objects = []
-        for label in ids[areas >= MIN_AREA]:
-            mask = image_labels == label
-            ys, xs = np.nonzero(mask)
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            side = int(max(y1 - y0, x1 - x0))
-            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-            color = _COLOR_NAMES[image_classes[ys[0], xs[0]]]
-            objects.append(DetectedObject(color, _classify_shape(mask, side, cx, cy), side, cx, cy))
-        results.append(objects)
-    return results
 
 
 def _in_region(o: DetectedObject, position: str) -> bool:
@@ -162,68 +81,58 @@ def score_scene(spec: SceneSpec, objects: Sequence[DetectedObject]) -> float:
     return max(0.0, score - EXTRA_PENALTY * extra)
 
 
+def _check_batch(images: torch.Tensor, prompts: Sequence[str]) -> None:
+    if images.shape[0] != len(prompts):
+        raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+
+
 class WorldAlignmentReward:
     """Exact prompt–image alignment in [0, 1] for world prompts; raises `TexforceError` on other prompts."""
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        if images.shape[0] != len(prompts):
-            raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+        _check_batch(images, prompts)
         specs = [parse_world_prompt(p) for p in prompts]
         detections = detect_objects(images)
         scores = [score_scene(spec, objects) for spec, objects in zip(specs, detections, strict=True)]
         return torch.tensor(scores, dtype=torch.float32)
 
 
-class WorldClipScoreReward(DifferentiableReward):
-    """Learned reward: cosine similarity of the world CLIP's image and text embeddings, in [-1, 1].
+class WorldQualityReward:
+    """Exact picture quality in [0, 1] (quality.py); the prompt is not read."""
 
-    Uses the shipped image tower (`clip_dir`) and the text tower of the world pipeline (`model_dir`).
-    The text tower is the frozen pre-trained one, not a policy being fine-tuned.
-    """
-
-    def __init__(self, model_dir: str | Path | None = None, clip_dir: str | Path | None = None) -> None:
-        from texforce.world.clip import load_world_clip
-
-        self.clip = load_world_clip(model_dir, clip_dir)
-        self.batch_size = 256
-
-    def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        image_embeds = self.clip.embed_images(images.cpu())
-        with torch.no_grad():
-            text_embeds = self.clip.embed_texts(list(prompts))
-        return (image_embeds * text_embeds.to(image_embeds.dtype)).sum(-1).to(images.device)
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        _check_batch(images, prompts)
+        return exact_quality(images)
 
 
-class WorldPreferenceReward(DifferentiableReward):
-    """The world's ImageReward: a small image+text network trained on exactly judged generated images, in [0, 1].
+class WorldSoftQualityReward(DifferentiableReward):
+    """The soft, differentiable form of `world_quality` (quality.py; it does not see specks)."""
 
-    Reads the prompt with the frozen text tower of the world pipeline (`model_dir`); the network is in
-    `preference_dir` (default: the shipped one).
-    """
-
-    def __init__(self, preference_dir: str | Path | None = None, model_dir: str | Path | None = None) -> None:
-        from texforce.world import PREFERENCE_DIR
-        from texforce.world.preference import TextStates, load_preference_model
-
-        self.model = load_preference_model(Path(preference_dir or PREFERENCE_DIR))
-        self.text = TextStates(model_dir)
-        self.batch_size = 256
+    batch_size = 256
 
     def differentiable(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        if images.shape[0] != len(prompts):
-            raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
-        states, mask = self.text(prompts)
-        parameter = next(self.model.parameters())
-        return self.model(images.cpu().to(parameter.dtype), states.to(parameter.dtype), mask).to(images.device)
+        _check_batch(images, prompts)
+        return soft_quality(images)
+
+
+class WorldScoreReward:
+    """The headline exact judge: `world_alignment × world_quality`, in [0, 1]."""
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return WorldAlignmentReward()(images, prompts) * exact_quality(images)
 
 
 def make_world_alignment(device: torch.device, dtype: torch.dtype) -> WorldAlignmentReward:
     return WorldAlignmentReward()
 
 
-def make_world_clipscore(device: torch.device, dtype: torch.dtype) -> WorldClipScoreReward:
-    return WorldClipScoreReward()
+def make_world_quality(device: torch.device, dtype: torch.dtype) -> WorldQualityReward:
+    return WorldQualityReward()
 
 
-def make_world_preference(device: torch.device, dtype: torch.dtype) -> WorldPreferenceReward:
-    return WorldPreferenceReward()
+def make_world_quality_soft(device: torch.device, dtype: torch.dtype) -> WorldSoftQualityReward:
+    return WorldSoftQualityReward()
+
+
+def make_world_score(device: torch.device, dtype: torch.dtype) -> WorldScoreReward:
+    return WorldScoreReward()

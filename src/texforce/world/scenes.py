@@ -51,6 +51,10 @@ PREFIXES = (
     "a sketch of ",
 )
 SUFFIXES = ("", " on a plain background", " on a white background")
+CAREFUL_WORD = "exactly"  # the careful source's mark: "exactly 2 red circles", "exactly one …"; always true
+# Quality tags (see `texforce.world.degrade`): a comma-separated list before or after the scene; the parser skips them.
+QUALITY_TAGS = ("high quality", "clean", "sharp", "minimal", "low quality", "dull", "noisy", "faded", "blurry",
+                "cluttered")  # fmt: skip
 COLOR_WORDS = {c: (c,) for c in COLORS} | {"purple": ("purple", "violet")}
 SHAPE_WORDS = {"circle": ("circle", "disk"), "square": ("square", "box"), "triangle": ("triangle",)}
 SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big")}
@@ -157,8 +161,8 @@ def _pick(rng: np.random.Generator | None, options: tuple[str, ...]) -> str:
     return options[0] if rng is None else options[rng.integers(len(options))]
 
 
-def _noun_phrase(o: ObjectSpec, rng: np.random.Generator | None) -> str:
-    number = _pick(rng, NUMBER_WORDS[o.count])
+def _noun_phrase(o: ObjectSpec, rng: np.random.Generator | None, careful: bool = False) -> str:
+    number = f"{CAREFUL_WORD} {NUMBER_WORDS[o.count][-1]}" if careful else _pick(rng, NUMBER_WORDS[o.count])
     plural = "s" if o.count > 1 else ""
     color, shape = _pick(rng, COLOR_WORDS[o.color]), _pick(rng, SHAPE_WORDS[o.shape])
     shape = shape + ("es" if shape == "box" and plural else plural)
@@ -167,22 +171,24 @@ def _noun_phrase(o: ObjectSpec, rng: np.random.Generator | None) -> str:
         words = f"{number} {size}{shape} in {color}"
     else:
         words = f"{number} {size}{color} {shape}"
-    if o.count > 1 and rng is not None and rng.random() < 0.2:
+    if o.count > 1 and not careful and rng is not None and rng.random() < 0.2:
         words = f"a group of {words}"
     if o.position:
         words += f" {_pick(rng, POSITION_WORDS[o.position])}"
     return words
 
 
-def make_caption(spec: SceneSpec, rng: np.random.Generator | None = None) -> str:
-    """A caption stating `spec`; with `rng` the template, synonyms and word order vary, else canonical."""
+def make_caption(spec: SceneSpec, rng: np.random.Generator | None = None, careful: bool = False) -> str:
+    """A caption stating `spec`; with `rng` the template, synonyms and word order vary, else canonical.
+    `careful`: the careful source's phrasing ("exactly one red circle left of exactly one blue square")."""
     if spec.relation is not None:
         first, second, relation = spec.objects[0], spec.objects[1], spec.relation
         if rng is not None and rng.random() < 0.5:
             first, second, relation = second, first, INVERSE_RELATION[relation]
-        body = f"{_noun_phrase(first, rng)} {_pick(rng, RELATION_WORDS[relation])} {_noun_phrase(second, rng)}"
+        words = _pick(rng, RELATION_WORDS[relation])
+        body = f"{_noun_phrase(first, rng, careful)} {words} {_noun_phrase(second, rng, careful)}"
     else:
-        body = _noun_phrase(spec.objects[0], rng)
+        body = _noun_phrase(spec.objects[0], rng, careful)
     if rng is None:
         return body
     return _pick(rng, PREFIXES) + body + (_pick(rng, SUFFIXES) if rng.random() < 0.2 else "")
@@ -199,11 +205,14 @@ def _lookup(table: dict, word: str | None):
 
 _PREFIX_RE = re.compile(r"^(?:a|an) (?:photo|drawing|image|picture|render|sketch) of ")
 _SUFFIX_RE = re.compile(r" on a (?:plain|white) background$")
+_TAGS = "|".join(sorted(QUALITY_TAGS, key=len, reverse=True))
+_LEADING_TAGS_RE = re.compile(rf"^(?:(?:{_TAGS}) )+")
+_TRAILING_TAGS_RE = re.compile(rf"(?: (?:{_TAGS}))+$")
 _RELATION_RE = re.compile(rf" ({_alternation(RELATION_WORDS)}) ")
 _NUMBER, _SIZE, _COLOR = _alternation(NUMBER_WORDS), _alternation(SIZE_WORDS), _alternation(COLOR_WORDS)
 _SHAPE = _alternation(SHAPE_WORDS)
 _NP_RE = re.compile(
-    rf"^(?:a group of )?(?P<number>an|{_NUMBER}) (?:(?P<size>{_SIZE}) )?"
+    rf"^(?:a group of )?(?:{CAREFUL_WORD} )?(?P<number>an|{_NUMBER}) (?:(?P<size>{_SIZE}) )?"
     rf"(?:(?P<color>{_COLOR}) (?P<shape>{_SHAPE})(?:s|es)?"
     rf"|(?P<shape2>{_SHAPE})(?:s|es)? in (?P<color2>{_COLOR}))"
     rf"(?: (?P<position>{_alternation(POSITION_WORDS)}))?$"
@@ -225,8 +234,10 @@ def _parse_noun_phrase(text: str) -> ObjectSpec | None:
 
 
 def parse_prompt(prompt: str) -> SceneSpec | None:
-    """The claim of a world prompt, or `None` if it is not in the world's language."""
+    """The claim of a world prompt, or `None` if it is not in the world's language. Quality tags before or after
+    the scene and the careful source's "exactly" are part of the language; they claim nothing about the scene."""
     text = " ".join(re.sub(r"[^a-z0-9 ]", " ", prompt.lower()).split())
+    text = _TRAILING_TAGS_RE.sub("", _LEADING_TAGS_RE.sub("", text))
     text = _SUFFIX_RE.sub("", _PREFIX_RE.sub("", text))
     parts = _RELATION_RE.split(text, maxsplit=1)
     if len(parts) == 3:
@@ -308,7 +319,9 @@ PRETRAIN_MIX = {"single": 0.4, "count": 0.25, "relation": 0.35}
 
 
 def render_pool(num: int, seed: int, mix: dict[str, float] | None = None) -> tuple[np.ndarray, list[str]]:
-    """`num` scenes drawn from `mix` (pre-training by default): uint8 images (N, 64, 64, 3) and captions."""
+    """`num` clean scenes with true captions drawn from the families of `mix` (default `PRETRAIN_MIX`): uint8 images
+    (N, 64, 64, 3) and captions — the ground truth the judges are validated on (world v1's pre-training pool; v2
+    pre-trains on the web-like `pool.render_web_pool`)."""
     mix = mix or PRETRAIN_MIX
     rng = np.random.default_rng(seed)
     families = list(mix)
