@@ -40,8 +40,8 @@ import torch
 import transformers
 
 from benchmarks.timing import append_json_lines, timed_calls
-from texforce.config import load_config
 from texforce.models import attention_kernels
+from texforce.run_config import load_config
 from texforce.runlog import RunLogger
 from texforce.sampling import Trajectory, ddim_step_with_logprob, guided_noise_fn
 from texforce.trainer import Trainer, epoch_generator
@@ -151,7 +151,7 @@ def measure(mode: str, args: argparse.Namespace, base: str, tmp: str) -> list[di
     trajectory = sample()
     rows = torch.arange(train_batch) % sample_batch
     steps = torch.stack([torch.randperm(args.steps, generator=generator) for _ in rows])
-    steps = steps[:, : trainer.config.num_train_timesteps]
+    steps = steps[:, : trainer.algorithm.num_train_timesteps]
     advantages = torch.randn(sample_batch, generator=generator)
     if reference:
         update_first, update_seconds = timed_calls(lambda: reference_update(trainer, trajectory, rows, steps), device)

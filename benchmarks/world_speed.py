@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.timing import append_json_lines
-from texforce.config import load_config
 from texforce.experiments.harness import machine
+from texforce.run_config import load_config
 from texforce.runlog import RunLogger
 from texforce.trainer import Trainer
 
@@ -95,7 +95,7 @@ def measure(config_name: str, overrides: list[str], warmup: int, epochs: int, fo
         "sample_batch": config.sample.batch_size_per_device,
         "train_batch": config.train.batch_size_per_device,
         "num_steps": config.sample.num_steps,
-        "trained_timesteps": config.num_train_timesteps,
+        "trained_timesteps": config.ddpo.num_train_timesteps(config.sample.num_steps),
         "warmup_epochs": warmup,
         "epochs": epochs,
         "samples_per_s": round(samples * epochs / total, 3),

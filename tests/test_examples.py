@@ -25,7 +25,7 @@ from PIL import Image
 
 import texforce.experiments
 from texforce.cli.main import build_parser, main
-from texforce.config import builtin_configs
+from texforce.run_config import builtin_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 STAND_INS = {  # the files examples name that are the user's own, as empty adapters or small files

@@ -28,11 +28,12 @@ import torch
 from rich.console import Console
 
 from texforce.checkpoint import complete_checkpoints, resume_hint
-from texforce.config import RunConfig, load_config, save_config, to_dict
+from texforce.config import to_dict
 from texforce.distributed import process_state
 from texforce.errors import TexforceError
 from texforce.export import write_folder_atomically
 from texforce.images import caption, make_grid, save_png
+from texforce.run_config import RunConfig, load_config, save_config
 from texforce.runlog import RunLogger, check_writable, write_text_atomic
 from texforce.stats import estimate, verdict
 from texforce.trainer import Trainer
