@@ -1,6 +1,6 @@
 """What `sample`, `eval`, `score` and `fuse` use when not told: the base model an adapter records (else the embedded
 default's, the offline world), and the sampler settings, prompts and reward of the training config that fits that
-base. Nothing here holds a number of its own: they come from `configs/default.yaml` and the config dataclasses' defaults.
+base. Nothing here holds a number of its own: they come from `configs/default.yaml` and the config dataclasses.
 """
 
 from __future__ import annotations
