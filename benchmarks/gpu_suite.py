@@ -184,7 +184,8 @@ def run(args: argparse.Namespace, suite: Suite, hard: float) -> dict:
     return collect(record, suite.output, suite.runs, suite.names)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.gpu_suite`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every arm")
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/gpu"), help="results folder (replaced)")
@@ -210,6 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
             parser.add_argument(flag, type=int, help=f"default {value:,} ({smoke} with --smoke)")
     parser.add_argument("--stage", choices=["discover", "experiments"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.stage:
         (discover_stage if args.stage == "discover" else experiments_stage)(json.loads(args.spec.read_text()))

@@ -211,7 +211,8 @@ def measure_backprop(args: argparse.Namespace, base: str, tmp: str) -> list[dict
     ]
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.speed`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=["sd15", "sd21", "sdxl"], default="sd15")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the harness, not speed")
@@ -222,6 +223,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--backprop-batch", type=int, default=4)
     parser.add_argument("--json", help="append the figures to this JSON-lines file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
     if unknown := set(modes) - set(MODES):

@@ -110,7 +110,8 @@ def measure(config_name: str, overrides: list[str], warmup: int, epochs: int, fo
     }
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.world_speed`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every config")
     parser.add_argument("--configs", nargs="+", default=["default", "world_ddpo"], help="shipped configs or files")
@@ -119,6 +120,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=2, help="epochs counted")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, 1 + 1 epochs: checks the harness")
     parser.add_argument("--json", help="append the results to this JSON-lines file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
