@@ -1,5 +1,5 @@
-"""mkdocs hooks (`hooks:` in mkdocs.yml): the pages generated from the code when the site builds, so that none
-of them can drift: the configuration and command-line references, and the world's model cards as shipped."""
+"""mkdocs hooks (`hooks:` in mkdocs.yml): the world's model cards, as shipped with the models, become pages of the
+site when it builds (world/model-card.md, world/preference-card.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
 import texforce
-from texforce.reference import cli_reference, config_reference
 from texforce.world import MODEL_DIR, PREFERENCE_DIR
 
 CARDS = {"world/model-card.md": MODEL_DIR / "README.md", "world/preference-card.md": PREFERENCE_DIR / "README.md"}
@@ -22,8 +21,6 @@ def card(path: Path) -> str:
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
-    pages = {"reference/config.md": config_reference(), "reference/cli.md": cli_reference()}
-    pages |= {uri: card(path) for uri, path in CARDS.items()}
-    for uri, content in pages.items():
-        files.append(File.generated(config, uri, content=content))
+    for uri, path in CARDS.items():
+        files.append(File.generated(config, uri, content=card(path)))
     return files

@@ -1,6 +1,10 @@
-"""The docs site's references, generated from the code so that they cannot drift: the configuration reference from
-the config dataclasses (every key, type, default, allowed values and help) and the command-line reference from the
-argparse parsers (`texforce.cli.main.build_parser`). `mkdocs_hooks.py` adds both pages to the site at build time.
+"""The docs site's references, generated from the code: the configuration reference from the config dataclasses
+(every key, type, default, allowed values and help) and the command-line reference from the argparse parsers
+(`texforce.cli.main.build_parser`).
+
+    python -m texforce.reference            # → docs/reference/config.md, docs/reference/cli.md
+
+tests/test_docs.py fails when the committed pages differ from what this writes.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from texforce.algorithms import ALGORITHMS
@@ -65,8 +70,8 @@ def config_reference() -> str:
     keys = config_keys(RunConfig)
     text = [
         "# Configuration reference\n",
-        "_Generated from the config dataclasses (`texforce/config.py` and each algorithm's module) when the site "
-        "is built; do not edit by hand._\n",
+        "_Generated from the config dataclasses (`texforce/config.py` and each algorithm's module) by "
+        "`python -m texforce.reference`; do not edit by hand._\n",
         "A config is a YAML file of these sections (`texforce train my.yaml`), or a shipped config by name "
         "(`texforce train sd15_jpeg`), and any key can be overridden on the command line as `section.key=value` "
         "(`texforce train default train.num_epochs=5`). Every key, type and allowed value is checked when the "
@@ -140,7 +145,26 @@ def cli_reference() -> str:
     parser = build_parser()
     text = [
         "# Command-line reference\n",
-        "_Generated from the argparse parsers (`texforce.cli.main.build_parser`) when the site is built; do not edit "
-        "by hand._ The same text is `texforce VERB --help`.\n",
+        "_Generated from the argparse parsers (`texforce.cli.main.build_parser`) by `python -m texforce.reference`; "
+        "do not edit by hand._ The same text is `texforce VERB --help`.\n",
     ]
     return "\n".join(text + command_section(parser, 2))
+
+
+def reference_pages() -> dict[str, str]:
+    """The generated pages by file name."""
+    return {"config.md": config_reference(), "cli.md": cli_reference()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--output", type=Path, default=Path("docs/reference"), help="folder of the pages")
+    args = parser.parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    for name, text in reference_pages().items():
+        (args.output / name).write_text(text)
+        print(args.output / name)
+
+
+if __name__ == "__main__":
+    main()
