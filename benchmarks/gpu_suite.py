@@ -1,5 +1,5 @@
 """One command for one GPU: the paper-claim experiments at DDPO's budget and the real-SD speed benchmark, sized from
-throughput measured at its start and held to a hard wall-clock deadline (README: "On a GPU: the real DDPO budget").
+throughput measured at its start and held to a hard wall-clock deadline (docs/performance/gpu-suite.md).
 
     python -m benchmarks.gpu_suite -o /tmp/gpu_suite               # on the GPU machine: at most 540 s
     python -m benchmarks.gpu_suite --smoke --seeds 2 --workers 2 --experiments hacking -o /tmp/suite   # CPU, tiny
