@@ -80,7 +80,7 @@ def config_reference() -> str:
         key_table([k for k in keys if "." not in k.name]),
     ]
     for name, section in sections(RunConfig):
-        owner = f" (the `{owners[name]}` algorithm's)" if name in owners else ""
+        owner = f" — for `train.algorithm: {owners[name]}`" if name in owners else ""
         doc = " ".join((section.__doc__ or "").split())
         text += [f"## `{name}`{owner}\n", f"{doc}\n", key_table([k for k in keys if k.name.startswith(name + ".")])]
     return "\n".join(text)
