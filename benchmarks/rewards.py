@@ -108,7 +108,8 @@ def count_parameters(scorer: RewardFn) -> int:
     return sum(p.numel() for m in modules if isinstance(m, torch.nn.Module) for p in m.parameters())
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.rewards`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rewards", nargs="+", choices=REWARD_NAMES, default=REWARD_NAMES)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -118,6 +119,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--smoke", action="store_true", help="tiny models, 64 px: checks the harness, not speed")
     parser.add_argument("--json", help="append the figures to this JSON-lines file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.smoke:
         args.batch_sizes, args.repeats, args.image_size = [2], 1, 64

@@ -40,8 +40,8 @@ import torch
 import transformers
 
 from benchmarks.timing import append_json_lines, timed_calls
-from texforce.config import load_config
 from texforce.models import attention_kernels
+from texforce.run_config import load_config
 from texforce.runlog import RunLogger
 from texforce.sampling import Trajectory, ddim_step_with_logprob, guided_noise_fn
 from texforce.trainer import Trainer, epoch_generator
@@ -151,7 +151,7 @@ def measure(mode: str, args: argparse.Namespace, base: str, tmp: str) -> list[di
     trajectory = sample()
     rows = torch.arange(train_batch) % sample_batch
     steps = torch.stack([torch.randperm(args.steps, generator=generator) for _ in rows])
-    steps = steps[:, : trainer.config.num_train_timesteps]
+    steps = steps[:, : trainer.algorithm.num_train_timesteps]
     advantages = torch.randn(sample_batch, generator=generator)
     if reference:
         update_first, update_seconds = timed_calls(lambda: reference_update(trainer, trajectory, rows, steps), device)
@@ -211,7 +211,8 @@ def measure_backprop(args: argparse.Namespace, base: str, tmp: str) -> list[dict
     ]
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.speed`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=["sd15", "sd21", "sdxl"], default="sd15")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the harness, not speed")
@@ -222,6 +223,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--backprop-batch", type=int, default=4)
     parser.add_argument("--json", help="append the figures to this JSON-lines file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
     if unknown := set(modes) - set(MODES):

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.timing import append_json_lines
-from texforce.config import load_config
 from texforce.experiments.harness import machine
+from texforce.run_config import load_config
 from texforce.runlog import RunLogger
 from texforce.trainer import Trainer
 
@@ -95,7 +95,7 @@ def measure(config_name: str, overrides: list[str], warmup: int, epochs: int, fo
         "sample_batch": config.sample.batch_size_per_device,
         "train_batch": config.train.batch_size_per_device,
         "num_steps": config.sample.num_steps,
-        "trained_timesteps": config.num_train_timesteps,
+        "trained_timesteps": config.ddpo.num_train_timesteps(config.sample.num_steps),
         "warmup_epochs": warmup,
         "epochs": epochs,
         "samples_per_s": round(samples * epochs / total, 3),
@@ -110,7 +110,8 @@ def measure(config_name: str, overrides: list[str], warmup: int, epochs: int, fo
     }
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.world_speed`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every config")
     parser.add_argument("--configs", nargs="+", default=["default", "world_ddpo"], help="shipped configs or files")
@@ -119,6 +120,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=2, help="epochs counted")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, 1 + 1 epochs: checks the harness")
     parser.add_argument("--json", help="append the results to this JSON-lines file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from texforce.architectures import build_tiny_pipeline, build_tiny_sdxl_pipeline
-from texforce.config import load_config
+from texforce.run_config import load_config
 
 
 @pytest.fixture(scope="session")

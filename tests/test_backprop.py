@@ -11,9 +11,9 @@ import torch
 from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from texforce.config import load_config
 from texforce.errors import TexforceError
 from texforce.run import train_run
+from texforce.run_config import load_config
 from texforce.runlog import RunLogger
 from texforce.sampling import guided_noise_fn
 from texforce.trainer import Trainer
@@ -159,7 +159,7 @@ def test_config_refuses_a_reward_without_gradient_naming_those_with_one():
     # a zero-weight rider is only logged, so it may be anything (that can read the prompts)
     rider = ["reward=world_clipscore:1+world_alignment:0", "prompts.train=world"]
     load_config(None, ["train.algorithm=backprop", *rider, "sample.eta=0"])
-    with pytest.raises(TexforceError, match=r"train\.algorithm must be one of ddpo, backprop"):
+    with pytest.raises(TexforceError, match=r"train\.algorithm must be ddpo or backprop, got .grpo."):
         load_config(None, ["train.algorithm=grpo"])
     with pytest.raises(TexforceError, match=r"backprop.num_grad_steps must be in \[1, sample.num_steps=50\]"):
         load_config(None, ["train.algorithm=backprop", "reward=clipscore", "backprop.num_grad_steps=51"])

@@ -13,10 +13,11 @@ from PIL import Image
 
 from texforce.architectures import build_tiny_pipeline
 from texforce.cli.main import main
-from texforce.config import LoraConfig, load_config, save_config
+from texforce.config import LoraConfig
 from texforce.export import save_adapters
 from texforce.models import add_lora, load_pipeline
 from texforce.run import run_lock
+from texforce.run_config import load_config, save_config
 
 
 def fails(capsys, argv: list[str], message: str) -> str:
@@ -63,7 +64,7 @@ def test_negative_learning_rate(capsys, tiny_model_dir, tmp_path):
 
 
 def test_negative_eta(capsys, tiny_model_dir, tmp_path):
-    train_fails(capsys, tiny_model_dir, tmp_path, "sample.eta must be > 0", "sample.eta=-0.5")
+    train_fails(capsys, tiny_model_dir, tmp_path, "sample.eta must be > 0 for DDPO", "sample.eta=0")
 
 
 @pytest.mark.parametrize("fraction", ["0", "1.5"])

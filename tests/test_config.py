@@ -1,7 +1,8 @@
 import pytest
 
-from texforce.config import builtin_configs, load_config, to_dict
+from texforce.config import to_dict
 from texforce.errors import TexforceError
+from texforce.run_config import builtin_configs, load_config
 
 
 def test_defaults_are_the_papers():
@@ -24,7 +25,7 @@ def test_overrides_are_typed():
     )
     assert config.ddpo.clip_range == 2e-4 and config.unet_lora.use and config.sample.num_steps == 20
     assert config.text_lora.target_modules == ["q_proj", "v_proj"]
-    assert config.num_train_timesteps == 20
+    assert config.ddpo.num_train_timesteps(config.sample.num_steps) == 20
 
 
 @pytest.mark.parametrize(
@@ -34,7 +35,8 @@ def test_overrides_are_typed():
         ("train.clip_range=1", "did you mean ddpo.clip_range"),
         ("modl.base=x", "did you mean model"),
         ("text_lora.learning_rate=-1", "text_lora.learning_rate must be > 0"),
-        ("sample.eta=-0.5", "sample.eta must be > 0"),
+        ("sample.eta=-0.5", "sample.eta must be >= 0, got -0.5"),
+        ("sample.eta=0", "sample.eta must be > 0 for DDPO"),
         ("ddpo.timestep_fraction=0", r"timestep_fraction must be in \(0, 1\]"),
         ("ddpo.timestep_fraction=1.5", r"timestep_fraction must be in \(0, 1\]"),
         ("ddpo.timesteps_per_call=0", "ddpo.timesteps_per_call must be >= 1, got 0"),

@@ -9,9 +9,9 @@ from PIL import Image
 
 from texforce import evaluation, models
 from texforce.cli.main import main
-from texforce.config import RunConfig, load_config
 from texforce.defaults import choose_base, config_for, judge
 from texforce.evaluation import Summary
+from texforce.run_config import RunConfig, load_config
 from texforce.world.scenes import heldout_prompts
 
 

@@ -10,7 +10,7 @@ from conftest import tiny_overrides
 
 from texforce import diagnose
 from texforce.cli.main import main
-from texforce.config import load_config
+from texforce.run_config import load_config
 from texforce.trainer import epoch_generator
 
 

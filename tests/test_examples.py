@@ -1,12 +1,17 @@
-"""Examples that cannot rot: every command example of the `--help` texts, of README.md and of the shipped configs'
-headers runs here, in a dry form.
+"""Examples that cannot rot: every command example of the `--help` texts, of README.md and the docs pages
+(docs/**/*.md) and of the shipped configs' headers runs here, in a dry form.
 
 Each runs through the real CLI (`main(argv)`) in a scratch folder, until the point where it would load a model, a
 reward or the world's data: all the checks a command makes before any work (config keys and values, prompt sets,
 rewards, prompts against the reward's grammar, adapters present, outputs writable) have then passed, and the run
 stops there. Run folders of examples (`runs/NAME…`) are a real tiny run, so an adapter path a run does not have
-fails; the other files examples name are stand-ins declared below. README prose mentions a verb in backticks
+fails; the other files examples name are stand-ins declared below. Prose mentions a verb in backticks
 (`texforce eval`); an inline example with a key=value override is a command and runs too.
+
+The other lines of the pages' shell blocks are either a benchmark or generator (`python -m benchmarks.speed …`:
+these need a GPU or minutes, so only their parsing is tested, by the module's own `build_parser`) or one of the
+set-up and outside tools listed in OUTSIDE. The pages' Python blocks (the library quickstart) run for real, at the
+tiny scale of the other tests.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from PIL import Image
 
 import texforce.experiments
 from texforce.cli.main import build_parser, main
-from texforce.config import builtin_configs
+from texforce.run_config import builtin_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 STAND_INS = {  # the files examples name that are the user's own, as empty adapters or small files
@@ -74,11 +79,20 @@ def help_examples() -> list[tuple[str, str]]:
     return [(where, c) for where, p in parsers for c in commands(f"{p.description or ''}\n{p.epilog or ''}")]
 
 
-def readme_examples() -> list[tuple[str, str]]:
-    text = (ROOT / "README.md").read_text()
-    blocks = [c for block in re.findall(r"```bash\n(.*?)```", text, re.S) for c in commands(block)]
-    inline = [" ".join(span.split()) for span in re.findall(r"`(texforce [^`]*)`", text)]
-    return [("README.md", c) for c in blocks + [s for s in inline if "=" in s]]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def shell_blocks(path: Path) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
+
+
+def page_examples() -> list[tuple[str, str]]:
+    found = []
+    for path in PAGES:
+        blocks = [c for block in shell_blocks(path) for c in commands(block)]
+        inline = [" ".join(span.split()) for span in re.findall(r"`(texforce [^`]*)`", path.read_text())]
+        found += [(str(path.relative_to(ROOT)), c) for c in blocks + [s for s in inline if "=" in s]]
+    return found
 
 
 def config_examples() -> list[tuple[str, str]]:
@@ -89,7 +103,7 @@ def config_examples() -> list[tuple[str, str]]:
     ]
 
 
-EXAMPLES = help_examples() + readme_examples() + config_examples()
+EXAMPLES = help_examples() + page_examples() + config_examples()
 
 
 class DryRun(Exception):
@@ -160,3 +174,93 @@ def test_example_runs_up_to_its_work(where, command, scratch, tiny_run, capsys):
     except SystemExit as error:  # argparse: unknown option, missing argument
         pytest.fail(f"{where}: `{command}` does not parse: {capsys.readouterr().err.strip()} ({error})")
     assert code == 0, f"{where}: `{command}` fails: {capsys.readouterr().err.strip()}"
+
+
+# ---------------------------------------------------------------------------------------------- the other lines
+OUTSIDE = (  # set-up and outside tools the pages show; not texforce's to test
+    "python3 -m venv ",
+    ". .venv/bin/activate",
+    "pip install ",
+    "pip download ",
+    "python -m pytest",
+    "hf download ",
+    "tensorboard --logdir ",
+    "mkdocs serve",
+    "mkdocs build",
+)
+PARSED = re.compile(r"python3? -m ((?:benchmarks|texforce)\.\w+)(.*)")  # a benchmark or a generator: parsed only
+
+
+def shell_lines() -> list[tuple[str, str]]:
+    """Every command of the pages' shell blocks that is not a `texforce` command."""
+    found = []
+    for path in PAGES:
+        for block in shell_blocks(path):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                for part in line.split("&&"):
+                    part = part.strip()
+                    if part and not part.startswith("#") and part not in commands(part):
+                        found.append((str(path.relative_to(ROOT)), part))
+    return found
+
+
+SHELL_LINES = shell_lines()
+
+
+@pytest.mark.parametrize("where, line", SHELL_LINES, ids=[f"{w}: {c}" for w, c in SHELL_LINES])
+def test_other_shell_lines_are_known_or_parse(where, line):
+    if line.startswith(OUTSIDE):
+        return
+    match = PARSED.match(line)
+    assert match, f"{where}: `{line}` is neither a texforce command, a benchmark nor a known outside tool"
+    module = importlib.import_module(match[1])
+    try:
+        module.build_parser().parse_args(shlex.split(match[2], comments=True))
+    except SystemExit as error:
+        pytest.fail(f"{where}: `{line}` does not parse ({error})")
+
+
+def python_examples() -> list[tuple[str, str]]:
+    blocks = {}
+    for path in PAGES:
+        for block in re.findall(r"```python\n(.*?)```", path.read_text(), re.S):
+            blocks.setdefault(block, str(path.relative_to(ROOT)))
+    return [(where, block) for block, where in blocks.items()]
+
+
+PYTHON = python_examples()
+TINY = [  # the world's default run at the tiny scale of the other tests
+    "sample.num_steps=4",
+    "sample.batch_size_per_device=4",
+    "sample.num_batches_per_epoch=2",
+    "train.batch_size_per_device=2",
+    "train.gradient_accumulation_steps=2",
+    "train.num_epochs=1",
+    "ddpo.timesteps_per_call=1",
+    "eval.num_prompts=2",
+    "eval.num_seeds=1",
+]
+
+
+def test_the_library_quickstart_is_shown():
+    assert [where for where, block in PYTHON if "texforce.train(" in block] == ["README.md"]
+    assert any(
+        "texforce.train(" in block
+        for block in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "getting-started.md").read_text(), re.S)
+    )
+
+
+@pytest.mark.parametrize("where, code", PYTHON, ids=[w for w, _ in PYTHON])
+def test_python_example_runs(where, code, tmp_path, monkeypatch):
+    """As pasted, except that every config it loads gets TINY's overrides last; the files it writes are checked."""
+    import texforce.run_config
+
+    load_config = texforce.run_config.load_config
+    monkeypatch.setattr(
+        texforce.run_config, "load_config", lambda path=None, overrides=(): load_config(path, [*overrides, *TINY])
+    )
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, where, "exec"), {})
+    for name in re.findall(r'save\("([^"]+)"\)', code):
+        assert Image.open(tmp_path / name).size == (64, 64)
+    assert list(tmp_path.glob("runs/*/lora/pytorch_lora_weights.safetensors"))

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from benchmarks import gpu_suite
-from benchmarks.gpu_suite import SAFETY, Shape, Stage, Throughput, Work, markdown_tables, plan, throughput
+from benchmarks.gpu_pages import markdown_tables
+from benchmarks.gpu_plan import SAFETY, Shape, Throughput, Work, plan, throughput
+from benchmarks.gpu_stages import Stage
 
 SINGLE = Throughput(1, 10.0, 0.002)
 POOL = Throughput(4, 15.0, 0.004)  # 4 at once: 1,000 samples/s together against 500 alone

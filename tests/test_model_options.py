@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from texforce.config import load_config
 from texforce.errors import TexforceError
 from texforce.models import attention_kernels
+from texforce.run_config import load_config
 from texforce.runlog import RunLogger
 from texforce.trainer import Trainer
 

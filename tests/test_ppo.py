@@ -56,7 +56,7 @@ def test_grouped_epochs_draw_each_prompt_group_size_times(tiny_model_dir, tmp_pa
     import torch
     from conftest import tiny_overrides
 
-    from texforce.config import load_config
+    from texforce.run_config import load_config
     from texforce.runlog import RunLogger
     from texforce.trainer import Trainer
 
@@ -65,5 +65,5 @@ def test_grouped_epochs_draw_each_prompt_group_size_times(tiny_model_dir, tmp_pa
     )
     trainer = Trainer(config, RunLogger(tmp_path, 1, 1, quiet=True))
     trainer.setup()
-    prompts = trainer.draw_prompts(torch.Generator().manual_seed(0))
+    prompts = trainer.algorithm.epoch_prompts(torch.Generator().manual_seed(0))
     assert len(prompts) == 8 and prompts[:4] == [prompts[0]] * 4 and prompts[4:] == [prompts[4]] * 4

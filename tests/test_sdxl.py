@@ -13,12 +13,12 @@ from peft import PeftModel
 from safetensors import safe_open
 
 from texforce.cli.main import main
-from texforce.config import load_config
 from texforce.errors import TexforceError
 from texforce.export import fuse_adapter_files, load_text_adapters
 from texforce.models import load_pipeline
 from texforce.policy import Policy
 from texforce.run import train_run
+from texforce.run_config import load_config
 
 PROMPTS = ["A photo of a cat", "A photo of a dog"]
 

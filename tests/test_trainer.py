@@ -7,8 +7,8 @@ import torch
 from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from texforce.config import load_config
 from texforce.run import train_run
+from texforce.run_config import load_config
 from texforce.runlog import RunLogger
 from texforce.sampling import ddim_step_with_logprob, guided_noise_fn
 from texforce.trainer import Trainer, epoch_generator
@@ -27,7 +27,7 @@ def first_batch(trainer):
     advantages = torch.linspace(-1, 1, len(trajectory.prompts))
     rows = torch.arange(trainer.config.train.batch_size_per_device)
     steps = torch.stack([torch.randperm(trajectory.log_probs.shape[1], generator=generator) for _ in rows])
-    return trajectory, advantages, rows, steps[:, : trainer.config.num_train_timesteps]
+    return trajectory, advantages, rows, steps[:, : trainer.algorithm.num_train_timesteps]
 
 
 @pytest.mark.parametrize("joint", [False, True])

@@ -14,11 +14,11 @@ from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscr
 from safetensors.torch import load_file
 
 from texforce.architectures import build_tiny_pipeline, build_tiny_sdxl_pipeline, sd_ddim_scheduler
-from texforce.config import load_config
 from texforce.errors import TexforceError
 from texforce.export import load_text_adapters
 from texforce.models import load_pipeline
 from texforce.run import train_run
+from texforce.run_config import load_config
 from texforce.sampling import check_schedule, sample_latents
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official"

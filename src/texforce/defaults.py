@@ -1,6 +1,6 @@
 """What `sample`, `eval`, `score` and `fuse` use when not told: the base model an adapter records (else the embedded
 default's, the offline world), and the sampler settings, prompts and reward of the training config that fits that
-base. Nothing here holds a number of its own: they come from `configs/default.yaml` and `config.py`'s defaults.
+base. Nothing here holds a number of its own: they come from `configs/default.yaml` and the config dataclasses.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from texforce.config import RunConfig, load_config
 from texforce.export import adapter_base
+from texforce.run_config import RunConfig, load_config
 
 
 def choose_base(model: str | None, adapters: Iterable[str | Path | None] = ()) -> str:

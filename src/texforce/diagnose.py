@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from texforce.algorithms import build_algorithm
-from texforce.config import RunConfig
+from texforce.run_config import RunConfig
 from texforce.runlog import RunLogger
 from texforce.stats import estimate
 from texforce.trainer import Trainer, epoch_generator

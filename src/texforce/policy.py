@@ -15,7 +15,7 @@ import torch
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from texforce.config import RunConfig, TextLora2Config
+from texforce.config import SharedConfig, TextLora2Config
 from texforce.errors import TexforceError
 from texforce.export import PEFT_PREFIX, PEFT_WEIGHTS, save_adapters
 from texforce.models import add_lora, prepare_pipeline, text_encoders
@@ -44,7 +44,7 @@ def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
 class Policy:
     """The frozen pipeline of `config.model` on `device` with the configured LoRA adapters added (fp32)."""
 
-    def __init__(self, config: RunConfig, device: torch.device) -> None:
+    def __init__(self, config: SharedConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
         self.pipe = prepare_pipeline(config.model, device)

@@ -28,11 +28,12 @@ import torch
 from rich.console import Console
 
 from texforce.checkpoint import complete_checkpoints, resume_hint
-from texforce.config import RunConfig, load_config, save_config, to_dict
+from texforce.config import to_dict
 from texforce.distributed import process_state
 from texforce.errors import TexforceError
 from texforce.export import write_folder_atomically
 from texforce.images import caption, make_grid, save_png
+from texforce.run_config import RunConfig, load_config, save_config
 from texforce.runlog import RunLogger, check_writable, write_text_atomic
 from texforce.stats import estimate, verdict
 from texforce.trainer import Trainer
@@ -58,12 +59,7 @@ def prepare_run(
     """
     if resume is None:
         config = load_config(config_path, overrides)
-        name = config.run_name or datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(config.output_dir) / name
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise TexforceError(f"run folder {run_dir} already exists; pass --resume {run_dir} or another run_name")
-        check_writable(run_dir, "the run folder")
-        return config, run_dir, None
+        return config, new_run_dir(config), None
     run_dir = Path(resume)
     if not (run_dir / "config.yaml").is_file():
         raise TexforceError(f"--resume {resume}: not a run folder (no config.yaml)")
@@ -76,6 +72,16 @@ def prepare_run(
             raise TexforceError(f"--resume {resume}: the run was started with another config: {', '.join(changed)}")
     checkpoints = complete_checkpoints(run_dir)
     return config, run_dir, (checkpoints[-1] if checkpoints else None)
+
+
+def new_run_dir(config: RunConfig) -> Path:
+    """The folder a new run of `config` will write (`output_dir/run_name`, else a timestamp), checked to be free and
+    writable; it is made later, once the model has loaded."""
+    run_dir = Path(config.output_dir) / (config.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise TexforceError(f"run folder {run_dir} already exists; pass --resume {run_dir} or another run_name")
+    check_writable(run_dir, "the run folder")
+    return run_dir
 
 
 def create_run_dir(config: RunConfig, run_dir: Path) -> None:
@@ -152,15 +158,26 @@ def train_run(
     `KeyboardInterrupt` whose message says how to go on (resume, or start again).
     """
     config, run_dir, checkpoint = prepare_run(config_path, list(overrides), resume)
+    return _run(config, run_dir, checkpoint, resume is not None, quiet)
+
+
+def train(config: RunConfig, quiet: bool = False) -> Path:
+    """A new run of `config` (from `load_config`), from Python: as `texforce train`; returns the run folder, whose
+    `lora/` holds the adapters (`pipe.load_lora_weights(run_dir / "lora")`)."""
+    return _run(config, new_run_dir(config), None, False, quiet)
+
+
+def _run(config: RunConfig, run_dir: Path, checkpoint: Path | None, resume: bool, quiet: bool) -> Path:
+    """Set up, then train a new run in `run_dir` or resume it from `checkpoint`, under the run lock."""
     state = process_state(config.model.device)
     logger = RunLogger(run_dir, config.train.num_epochs, config.keep_checkpoints, quiet, state.is_main_process)
     with ExitStack() as stack:
-        if resume is not None:  # before loading anything: a run folder in use fails at once
+        if resume:  # before loading anything: a run folder in use fails at once
             stack.enter_context(run_lock(run_dir, state.is_main_process))
         trainer = Trainer(config, logger)
         trainer.setup()
         state.wait_for_everyone()  # every process has checked the run folder before the main one creates it
-        if resume is None:
+        if not resume:
             stack.enter_context(new_run_folder(config, run_dir, logger))
         try:
             _train(trainer, logger, run_dir, checkpoint)

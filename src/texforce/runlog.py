@@ -12,8 +12,9 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,13 +30,25 @@ from rich.progress import (
 )
 
 from texforce.checkpoint import resume_hint, write_checkpoint
-from texforce.config import RunConfig
+from texforce.config import SharedConfig
 from texforce.errors import TexforceError
 from texforce.images import caption, make_grid, save_png
 from texforce.tracking import Tracker, captions
 
-if TYPE_CHECKING:
-    from texforce.algorithms import EpochStats
+
+@dataclass
+class EpochStats:
+    """What an algorithm reports of one epoch, for the logs: rewards (N,) and components (N,) as scored (NaN/inf
+    included), the update's means, phase seconds, fault counts (dropped samples, skipped optimizer steps), and the
+    first images (n, 3, H, W) with their prompts for the epoch's grid."""
+
+    rewards: np.ndarray
+    components: dict[str, np.ndarray]
+    update: dict[str, float]
+    seconds: dict[str, float]
+    faults: dict[str, int]
+    images: torch.Tensor
+    prompts: list[str]
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -77,7 +90,7 @@ class RunLogger:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.tracker: Tracker | None = None
 
-    def describe(self, config: RunConfig, device: torch.device, steps_per_epoch: int, num_params: int) -> None:
+    def describe(self, config: SharedConfig, device: torch.device, steps_per_epoch: int, num_params: int) -> None:
         self.console.print(
             f"[bold]texforce[/] {config.model.base} on {device} · reward {config.reward} · "
             f"{config.samples_per_epoch_per_device} samples × {config.sample.num_steps} steps per epoch · "
@@ -109,7 +122,7 @@ class RunLogger:
     def warn(self, message: str) -> None:
         self.warnings.print(f"[yellow]warning:[/] {message}")
 
-    def start_tracking(self, config: RunConfig) -> None:
+    def start_tracking(self, config: SharedConfig) -> None:
         """Open TensorBoard (and wandb if enabled); called once the run folder exists."""
         if self.main:
             self.tracker = Tracker(self.run_dir, config)

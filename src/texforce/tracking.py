@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from texforce.config import RunConfig, to_dict
+from texforce.config import SharedConfig, to_dict
 
 
 def captions(prompts: list[str], rewards: np.ndarray) -> list[str]:
@@ -25,7 +25,7 @@ def captions(prompts: list[str], rewards: np.ndarray) -> list[str]:
 class Tracker:
     """Sends scalars and captioned image grids to TensorBoard and, if `log.wandb`, to wandb."""
 
-    def __init__(self, run_dir: Path, config: RunConfig) -> None:
+    def __init__(self, run_dir: Path, config: SharedConfig) -> None:
         self.tensorboard = None
         self.wandb = None
         if config.log.tensorboard:

@@ -17,13 +17,13 @@ from diffusers.optimization import get_scheduler
 
 from texforce.algorithms import build_algorithm
 from texforce.checkpoint import load_checkpoint_state, rng_state, set_rng_state
-from texforce.config import RunConfig
 from texforce.distributed import average_gradients, batch_generator, process_state
 from texforce.errors import TexforceError
 from texforce.models import resolve_device
 from texforce.policy import Policy
 from texforce.prompts import load_prompt_set
 from texforce.rewards import RewardOutput, build_reward
+from texforce.run_config import RunConfig
 from texforce.runlog import RunLogger
 
 
@@ -80,16 +80,12 @@ class Trainer:
                 self.log.checkpoint(epoch + 1, self.state_dict(epoch + 1), self.policy.save_adapters)
 
     # ------------------------------------------------------------------ shared by the algorithms
-    def draw_prompts(self, generator: torch.Generator) -> list[str]:
-        """The epoch's prompts for every process (`samples_per_epoch_per_device` each), the same on every process.
-        With grouped advantages, each drawn prompt comes `advantage.group_size` times in a row."""
+    def draw_prompts(self, generator: torch.Generator, group_size: int = 1) -> list[str]:
+        """The epoch's prompts for every process (`samples_per_epoch_per_device` each), the same on every process;
+        each drawn prompt comes `group_size` times in a row (DDPO's grouped advantages)."""
         train, count = self.prompts.train, self.config.samples_per_epoch_per_device * self.dist.num_processes
-        a = self.config.advantage
-        if a.mode == "group" and self.config.train.algorithm == "ddpo":
-            picks = torch.randint(len(train), (count // a.group_size,), generator=generator)
-            return [train[i] for i in picks.tolist() for _ in range(a.group_size)]
-        picks = torch.randint(len(train), (count,), generator=generator)
-        return [train[i] for i in picks.tolist()]
+        picks = torch.randint(len(train), (count // group_size,), generator=generator)
+        return [train[i] for i in picks.tolist() for _ in range(group_size)]
 
     def process_share(self, items: Sequence[Any]) -> list[Any]:
         """This process's contiguous slice of an epoch-wide list."""

@@ -11,29 +11,62 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from texforce.algorithms import EpochStats
 from texforce.checkpoint import kill_point
+from texforce.config_schema import check, option
 from texforce.distributed import batch_generator, gather_reward, mean_over_processes
-from texforce.rewards import RewardOutput
+from texforce.rewards import RewardOutput, differentiable_rewards, parse_reward_spec
+from texforce.runlog import EpochStats
 from texforce.sampling import decode, denoise
 
 if TYPE_CHECKING:
-    from texforce.trainer import Trainer
+    from texforce.algorithms.base import TrainingContext
+    from texforce.config import SharedConfig
 
 GRID_SIZE = 16
+
+
+@dataclass
+class BackpropConfig:
+    """Direct reward back-propagation (DRaFT-K, AlignProp): the reward's gradient flows through the VAE decoder
+    and the last `num_grad_steps` sampling steps into the LoRA weights; earlier steps run without a graph."""
+
+    num_grad_steps: int = option(
+        1, "K: how many of the last sampling steps keep their graph (at most sample.num_steps)", bounds=">= 1"
+    )
+    random_truncation: bool = option(False, "AlignProp: K drawn uniformly from 1..num_grad_steps per micro-batch")
+    gradient_checkpointing: bool = option(True, "recompute each U-Net call and the VAE decoder in the backward pass")
 
 
 class RewardBackprop:
     """Gradient ascent on the reward of freshly sampled images (config section `backprop`)."""
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        c = trainer.config
+    sections: ClassVar[dict[str, type]] = {"backprop": BackpropConfig}
+
+    @staticmethod
+    def check_config(config: SharedConfig, backprop: BackpropConfig) -> None:
+        """What direct backprop needs of the rest of the config: K steps to keep, a differentiable reward."""
+        num_steps = config.sample.num_steps
+        check(
+            backprop.num_grad_steps <= num_steps,
+            f"backprop.num_grad_steps must be in [1, sample.num_steps={num_steps}], got {backprop.num_grad_steps}",
+        )
+        differentiable = differentiable_rewards()
+        fixed = [name for name, weight in parse_reward_spec(config.reward) if name not in differentiable and weight]
+        check(
+            not fixed,
+            f"reward {', '.join(fixed)} is not differentiable, so train.algorithm=backprop cannot use it; "
+            f"differentiable rewards: {', '.join(differentiable)} (or train.algorithm=ddpo)",
+        )
+
+    def __init__(self, context: TrainingContext, backprop: BackpropConfig) -> None:
+        self.trainer, self.backprop = context, backprop
+        c = context.config
         micro_batches = c.samples_per_epoch_per_device // c.train.batch_size_per_device
         self.steps_per_epoch = micro_batches // c.train.gradient_accumulation_steps
 
@@ -77,7 +110,7 @@ class RewardBackprop:
 
     def truncations(self, num_micro_batches: int, generator: torch.Generator) -> list[int]:
         """K for each global micro-batch: `backprop.num_grad_steps`, or uniform in 1..K with random truncation."""
-        b = self.trainer.config.backprop
+        b = self.backprop
         if not b.random_truncation:
             return [b.num_grad_steps] * num_micro_batches
         return (torch.randint(1, b.num_grad_steps + 1, (num_micro_batches,), generator=generator)).tolist()
@@ -87,7 +120,7 @@ class RewardBackprop:
     ) -> tuple[RewardOutput, torch.Tensor]:
         """Accumulate the gradient of −mean reward of one micro-batch; returns its rewards and images (CPU)."""
         t, c = self.trainer, self.trainer.config
-        policy, checkpoint = t.policy, c.backprop.gradient_checkpointing
+        policy, checkpoint = t.policy, self.backprop.gradient_checkpointing
         predict = policy.conditioned_predictor(policy.tokenize(prompts))  # graph into the LoRA weights
         noise = policy.initial_noise(len(prompts), generator)
         latents = denoise(

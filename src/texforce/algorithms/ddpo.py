@@ -9,39 +9,99 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from texforce.algorithms import EpochStats
 from texforce.checkpoint import kill_point
+from texforce.config_schema import check, option
 from texforce.distributed import gather_reward, gather_trajectory, mean_over_processes
 from texforce.ppo import PerPromptStatTracker, batch_advantages, group_advantages, ppo_clipped_loss
+from texforce.runlog import EpochStats
 from texforce.sampling import Trajectory, check_schedule, ddim_step_with_logprob
 
 if TYPE_CHECKING:
-    from texforce.trainer import Trainer
+    from texforce.algorithms.base import TrainingContext
+    from texforce.config import SharedConfig
 
 GRID_SIZE = 16
+
+
+@dataclass
+class DDPOConfig:
+    """DDPO (Black et al. 2023), TexForce's algorithm: PPO's clipped ratio over the recorded denoising chains."""
+
+    num_inner_epochs: int = option(1, "PPO passes over each epoch's samples", bounds=">= 1")
+    timestep_fraction: float = option(
+        1.0, "fraction of each chain's steps trained on (a random subset)", bounds="(0, 1]"
+    )
+    clip_range: float = option(1e-4, "PPO's clip range of the probability ratio", bounds="> 0")
+    adv_clip_max: float = option(10.0, "advantages are clipped to ± this", bounds="> 0")
+    use_cfg: bool = option(True, "classifier-free guidance in the update, as at sampling")
+    timesteps_per_call: int = option(
+        1,
+        "trained timesteps per U-Net call: k of each sample's steps as one batch of k × micro-batch (the same loss "
+        "and gradient as one call per step; faster on the CPU, k times the activation memory)",
+        bounds=">= 1",
+    )
+
+    def num_train_timesteps(self, num_steps: int) -> int:
+        """How many of a chain's `num_steps` sampled steps each sample is trained on."""
+        return max(1, int(num_steps * self.timestep_fraction))
+
+
+@dataclass
+class AdvantageConfig:
+    """How DDPO turns rewards into advantages."""
+
+    mode: str = option(
+        "per_prompt",
+        "per_prompt: per-prompt stat tracking; batch: normalised over the batch; group: GRPO-style groups",
+        choices=("per_prompt", "batch", "group"),
+    )
+    buffer_size: int = option(32, "per_prompt: rewards kept per prompt across epochs", bounds=">= 1")
+    min_count: int = option(
+        16, "per_prompt: below this many (<= buffer_size), the batch's statistics are used", bounds=">= 1"
+    )
+    group_size: int = option(
+        4, "group: images per prompt per epoch, normalised within their group (divides the epoch)", bounds=">= 2"
+    )
 
 
 class DDPO:
     """PPO's clipped surrogate over the chains of each epoch (config sections `ddpo` and `advantage`)."""
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        c = trainer.config
-        check_schedule(trainer.policy.scheduler, c.sample.num_steps)  # a zero-variance step has no log-prob
-        self.stat_tracker = PerPromptStatTracker(c.advantage.buffer_size, c.advantage.min_count)
+    sections: ClassVar[dict[str, type]] = {"ddpo": DDPOConfig, "advantage": AdvantageConfig}
+
+    @staticmethod
+    def check_config(config: SharedConfig, ddpo: DDPOConfig, advantage: AdvantageConfig) -> None:
+        """What DDPO needs of the rest of the config."""
+        eta, samples = config.sample.eta, config.samples_per_epoch_per_device
+        check(eta > 0, f"sample.eta must be > 0 for DDPO (a deterministic step has no log-probability), got {eta}")
+        check(
+            advantage.mode != "group" or samples % advantage.group_size == 0,
+            f"advantage.group_size ({advantage.group_size}) must be >= 2 and divide the samples per epoch ({samples})",
+        )
+        check(
+            advantage.min_count <= advantage.buffer_size, "advantage.min_count must be in [1, advantage.buffer_size]"
+        )
+
+    def __init__(self, context: TrainingContext, ddpo: DDPOConfig, advantage: AdvantageConfig) -> None:
+        self.trainer, self.ddpo, self.advantage = context, ddpo, advantage
+        c = context.config
+        check_schedule(context.policy.scheduler, c.sample.num_steps)  # a zero-variance step has no log-prob
+        self.stat_tracker = PerPromptStatTracker(advantage.buffer_size, advantage.min_count)
+        self.num_train_timesteps = ddpo.num_train_timesteps(c.sample.num_steps)
         micro_batches = c.samples_per_epoch_per_device // c.train.batch_size_per_device
-        self.steps_per_epoch = c.ddpo.num_inner_epochs * micro_batches // c.train.gradient_accumulation_steps
+        self.steps_per_epoch = ddpo.num_inner_epochs * micro_batches // c.train.gradient_accumulation_steps
 
     def run_epoch(self, epoch: int, generator: torch.Generator) -> EpochStats:
         t = self.trainer
         timer = time.perf_counter()
         # SAMPLING: trajectories of the current policy (this process's share of the epoch's batches)
-        trajectory = self.sample(t.process_share(t.draw_prompts(generator)), t.batch_generators(epoch))
+        trajectory = self.sample(t.process_share(self.epoch_prompts(generator)), t.batch_generators(epoch))
         sampled = time.perf_counter()
         kill_point("sample", epoch + 1)
         # REWARDS, gathered with the chains from every process; a NaN/inf score drops its sample
@@ -67,6 +127,11 @@ class DDPO:
         )
 
     # ------------------------------------------------------------------ the steps
+    def epoch_prompts(self, generator: torch.Generator) -> list[str]:
+        """The epoch's prompts (every process's); with grouped advantages, `group_size` in a row of each."""
+        a = self.advantage
+        return self.trainer.draw_prompts(generator, a.group_size if a.mode == "group" else 1)
+
     def sample(self, prompts: list[str], generators: list[torch.Generator]) -> Trajectory:
         """The chains of `prompts`, batch i drawing its noise from `generators[i]`, under a progress bar."""
         s = self.trainer.config.sample
@@ -79,7 +144,7 @@ class DDPO:
         """Advantages (N,) of the finite rewards; 0 for dropped samples (their PPO loss is then 0)."""
         kept_prompts, kept = [p for p, ok in zip(prompts, finite, strict=True) if ok], rewards[finite]
         values = np.zeros(len(prompts))
-        mode = self.trainer.config.advantage.mode
+        mode = self.advantage.mode
         if mode == "per_prompt":
             values[finite] = self.stat_tracker.update(kept_prompts, kept)
         elif mode == "group":
@@ -93,16 +158,16 @@ class DDPO:
         timesteps. With several processes, each optimizer step's micro-batches are split between them."""
         t, c = self.trainer, self.trainer.config
         num_samples, num_steps = trajectory.log_probs.shape
-        advantages = advantages.clamp(-c.ddpo.adv_clip_max, c.ddpo.adv_clip_max)
+        advantages = advantages.clamp(-self.ddpo.adv_clip_max, self.ddpo.adv_clip_max)
         history: dict[str, list[float]] = defaultdict(list)
         micro = c.train.batch_size_per_device
         mine = t.my_micro_batches(num_samples // micro)
-        task = t.log.progress("training", c.ddpo.num_inner_epochs * len(mine))
-        for _ in range(c.ddpo.num_inner_epochs):
+        task = t.log.progress("training", self.ddpo.num_inner_epochs * len(mine))
+        for _ in range(self.ddpo.num_inner_epochs):
             order = torch.randperm(num_samples, generator=generator)
             # step_order (N, K): each sample trains on its own random K of the T steps
             step_order = torch.stack([torch.randperm(num_steps, generator=generator) for _ in range(num_samples)])
-            step_order = step_order[:, : c.num_train_timesteps]
+            step_order = step_order[:, : self.num_train_timesteps]
             for index, j in enumerate(mine):
                 rows = order[j * micro : (j + 1) * micro]
                 for key, value in self.train_micro_batch(trajectory, advantages, rows, step_order[rows]).items():
@@ -133,7 +198,7 @@ class DDPO:
         text_trainable = c.text_lora.use
         with torch.set_grad_enabled(text_trainable):
             embeds = policy.encode(trajectory.prompt_ids[rows])
-            negative = policy.negative_embeds(len(rows)) if c.ddpo.use_cfg and policy.uses_guidance else None
+            negative = policy.negative_embeds(len(rows)) if self.ddpo.use_cfg and policy.uses_guidance else None
         # the conditioning's tensors as leaves: their gradients, summed over the steps, cross the encoders once
         leaves = [
             e.map(lambda t: t.detach().requires_grad_(text_trainable and t.requires_grad)) if e is not None else None
@@ -141,8 +206,8 @@ class DDPO:
         ]
         totals: dict[str, float] = defaultdict(float)
         num_steps = steps.shape[1]
-        for start in range(0, num_steps, c.ddpo.timesteps_per_call):
-            chunk = steps[:, start : start + c.ddpo.timesteps_per_call]  # (b, k): row i·b + r is sample r's i-th
+        for start in range(0, num_steps, self.ddpo.timesteps_per_call):
+            chunk = steps[:, start : start + self.ddpo.timesteps_per_call]  # (b, k): row i·b + r is sample r's i-th
             k = chunk.shape[1]
             step, batch_rows = chunk.T.reshape(-1), rows.repeat(k)
             stacked = [None if e is None else e.map(lambda t, k=k: t.repeat(k, *[1] * (t.ndim - 1))) for e in leaves]
@@ -157,7 +222,7 @@ class DDPO:
                 log_probs,
                 trajectory.log_probs[batch_rows, step].to(device),
                 advantages[batch_rows].to(device),
-                c.ddpo.clip_range,
+                self.ddpo.clip_range,
             )
             (stats.loss * scale * k).backward()  # the mean over k·b rows, times k: the sum of k steps' means
             for key in ("loss", "approx_kl", "clipfrac", "ratio"):

@@ -24,7 +24,8 @@ examples:
   texforce experiment fusion --budget tiny -o /tmp/fusion   # seconds: checks the plumbing, not the claim
 Training runs are cached in --runs-dir (runs/experiments/BUDGET): experiments sharing an arm train it once, an
 interrupted experiment resumes. The index of all results is written to experiments.md beside the output folder.
-On one GPU, every experiment at DDPO's budget within a deadline: python -m benchmarks.gpu_suite (README).
+On one GPU, every experiment at DDPO's budget within a deadline: python -m benchmarks.gpu_suite
+(docs/performance/gpu-suite.md).
 """
 
 

@@ -119,9 +119,9 @@ def score_images(
 
 
 def run(args: argparse.Namespace) -> int:
-    from texforce.config import load_config
     from texforce.defaults import judge
     from texforce.rewards import build_reward, check_prompts, image_size
+    from texforce.run_config import load_config
     from texforce.runlog import check_writable, write_text_atomic
 
     if args.batch_size < 1:

@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from texforce.config import load_config
 from texforce.errors import TexforceError
 from texforce.evaluation import AdapterSetup
 from texforce.experiments.harness import Settings, across_seeds, arm_config, evaluate, lora, train_arm
@@ -24,6 +23,7 @@ from texforce.experiments.page import prompt_list, table
 from texforce.export import fuse_adapter_files
 from texforce.prompts import load_prompt_set
 from texforce.report import line_chart
+from texforce.run_config import load_config
 from texforce.stats import Estimate, compare, estimate, verdict
 
 

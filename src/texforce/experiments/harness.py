@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from texforce.config import RunConfig, load_config
 from texforce.errors import TexforceError
 from texforce.evaluation import AdapterSetup, Summary, run_eval
+from texforce.run_config import RunConfig, load_config
 from texforce.stats import Estimate, estimate
 
 EVAL_SEED = 1000  # evaluation seeds EVAL_SEED, EVAL_SEED+1, …: disjoint from the training seeds 0, 1, 2, …

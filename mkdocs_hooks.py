@@ -1,0 +1,26 @@
+"""mkdocs hooks (`hooks:` in mkdocs.yml): the world's model cards, as shipped with the models, become pages of the
+site when it builds (world/model-card.md, world/preference-card.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.structure.files import File, Files
+
+import texforce
+from texforce.world import MODEL_DIR, PREFERENCE_DIR
+
+CARDS = {"world/model-card.md": MODEL_DIR / "README.md", "world/preference-card.md": PREFERENCE_DIR / "README.md"}
+
+
+def card(path: Path) -> str:
+    """A shipped model card, with where it lives."""
+    where = path.relative_to(Path(texforce.__file__).parents[1])
+    return f"_The card shipped with the model, `{where}`; shown here as it is._\n\n{path.read_text()}"
+
+
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    for uri, path in CARDS.items():
+        files.append(File.generated(config, uri, content=card(path)))
+    return files
