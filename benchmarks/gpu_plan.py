@@ -47,7 +47,9 @@ class Shape:
             f"checkpoint_every={epochs}",
             *self.extra,
         )
-        return Budget("gpu", overrides, seeds, self.eval_prompts, self.eval_seeds, self.eval_steps)
+        per_family = max(1, self.eval_prompts // 4)
+        return Budget("gpu", overrides, seeds, self.eval_prompts, self.eval_seeds, self.eval_steps, per_family,
+                      self.eval_seeds)  # fmt: skip
 
 
 SMOKE = Shape(

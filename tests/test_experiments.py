@@ -85,6 +85,36 @@ def test_hacking(docs, tiny_model_dir):
     assert json.loads((folder / "meta.json").read_text())["budget"] == "tiny"
 
 
+def test_versus_table(docs, tiny_model_dir, tmp_path):
+    ceiling = tmp_path / "ceiling.json"
+    chosen = {"tags": ["high quality", "clean"], "position": "prefix", "careful": True, "name": "x"}
+    ceiling.write_text(json.dumps({"chosen": {"prompt-engineered": chosen}}))
+    folder, text = _run("versus", docs, tiny_model_dir, "--ceiling", str(ceiling))
+    rows = _rows(text, "model / prompts")
+    assert [r[0].split(" ")[0] for r in rows] == ["base", "prompt-engineered", "TexForce:", "TexForce:", "U-Net",
+                                                  "text"]  # fmt: skip
+    assert "careful phrasing + high quality, clean (prefix)" in rows[1][0]
+    assert all(re.fullmatch(NUMBER, cell) for r in rows for cell in r[1:])
+    assert len(_rows(text, "comparison (`world_score`)")) == 5
+    engineered = (folder / "eval_engineered" / "results.csv").read_text()
+    assert "high quality, clean, exactly" in engineered and (folder / "eval_plain" / "grid.png").is_file()
+
+
+def test_versus_needs_the_ceiling(tmp_path, capsys):
+    argv = ["experiment", "versus", "--budget", "tiny", "-o", str(tmp_path / "o"), "--ceiling", str(tmp_path / "no")]
+    assert main(argv) == 2
+    assert "run `texforce world ceiling` first" in capsys.readouterr().err
+
+
+def test_main_job_per_family(docs, tiny_model_dir):
+    _, text = _run("default", docs, tiny_model_dir)
+    rows = _rows(text, "family")
+    assert [r[0] for r in rows] == [f for f in ("single", "count", "relation", "composition", "all") for _ in "abc"]
+    assert {r[1] for r in rows} == {"`world_score`", "`world_alignment`", "`world_quality`"}
+    seed_row = _rows(text, "run")[0]
+    assert seed_row[0] == "text/s0" and float(seed_row[1]) > 0 and seed_row[3] in ("yes", "**no**")
+
+
 def test_student_t_interval():
     e = estimate([1.0, 2.0, 3.0])
     assert e.mean == 2.0 and abs(e.ci - 4.303 * 1.0 / 3**0.5) < 1e-9

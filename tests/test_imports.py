@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = [ROOT / "src" / "texforce", ROOT / "benchmarks"]
 LAZY = re.compile(r"(texforce(?:\.\w+)+):\w+")  # "texforce.rewards.clip:build_clipscore"
+
+
 # The one circle left, in the world being rewritten: reward.py loads preference.py's model, preference.py judges
 # with reward.py and samples with evaluate.py, which judges with reward.py. Remove this when world v2 breaks it.
 def modules() -> dict[str, Path]:

@@ -89,6 +89,31 @@ def test_pretrain_reuses_an_earlier_clip(tmp_path, monkeypatch):
         _world(["pretrain", "--out", str(tmp_path / "third"), "--tiny", "--reuse-clip", str(tmp_path / "nowhere")])
 
 
+def test_pretrain_reuses_a_vae_and_warm_starts_the_unet(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    first, second = tmp_path / "first", tmp_path / "second"
+    _world(["pretrain", "--out", str(first), "--tiny", "--seed", "1"])
+    parts = ["--reuse-clip", str(first), "--reuse-vae", str(first), "--init-unet", str(first)]
+    _world(["pretrain", "--out", str(second), "--tiny", "--seed", "2", *parts])
+    stats = json.loads((second / "model" / "pretrain_stats.json").read_text())
+    assert stats["vae_reused"] and stats["warm_started"] == ["unet"] and "vae_s" not in stats["timings"]
+    vae = "model/vae/diffusion_pytorch_model.safetensors"
+    before, after = load_file(first / vae), load_file(second / vae)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    configs = [json.loads((run / "model/vae/config.json").read_text())["scaling_factor"] for run in (first, second)]
+    assert configs[0] == configs[1]  # the latents the warm-started U-Net knows
+    with pytest.raises(TexforceError, match="needs the VAE"):
+        _world(["pretrain", "--out", str(tmp_path / "third"), "--tiny", "--init-unet", str(first)])
+    warm = tmp_path / "warm"
+    _world(["pretrain", "--out", str(warm), "--tiny", "--seed", "3", "--warm-start", str(first)])
+    stats = json.loads((warm / "model" / "pretrain_stats.json").read_text())
+    assert stats["warm_started"] == ["init_clip", "init_vae", "unet"] and "clip_s" in stats["timings"]
+    before, after = load_file(first / vae), load_file(warm / vae)
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # fine-tuned, not reused
+
+
 def test_pretrain_refuses_a_reused_clip_of_other_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _world(["pretrain", "--out", str(tmp_path / "tiny"), "--tiny"])

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from texforce.errors import TexforceError
 
-NAMES = ("default", "methods", "fusion", "curves", "hacking")
+NAMES = ("default", "methods", "versus", "fusion", "curves", "hacking")
 
 EPILOG = """experiments:
   default   the README's main job (`texforce train`) per training seed: time, memory, held-out and `single` gains
   methods   base · text LoRA · U-Net LoRA · both stacked · joint, on held-out prompts (+ semantics on `single`)
+  versus    base · prompt-engineered · TexForce-DDPO · TexForce-backprop · U-Net LoRA · stacked, one table
   fusion    a counting and a relations text adapter fused by weighted sum, judged on each task
   curves    reward per epoch, text vs U-Net LoRA, on world_alignment and on jpeg_compressibility
   hacking   trained on the learned world_clipscore, judged per epoch and held-out by the exact world_alignment
@@ -45,8 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", type=Path, help="results folder (default: docs/NAME; replaced)")
     parser.add_argument("--runs-dir", type=Path, help="training runs (default: runs/experiments/BUDGET)")
     parser.add_argument("--model", help="base model of every arm and of the evaluation (default: the arms')")
-    parser.add_argument("--judge", default="world_alignment", help="the reward that judges (default: %(default)s)")
+    parser.add_argument("--judge", default="world_score", help="the reward that judges (default: %(default)s)")
     parser.add_argument("--proxy", default="world_preference", help="hacking: the learned reward trained on")
+    parser.add_argument(
+        "--ceiling",
+        type=Path,
+        default=Path("docs/world/ceiling.json"),
+        help="versus: the `texforce world ceiling` record whose prompt-engineered variant is compared",
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     num_seeds = args.seeds if args.seeds is not None else budget.num_seeds
     if num_seeds < 1:
         raise TexforceError(f"--seeds must be >= 1, got {num_seeds}")
+    if args.name == "versus" and not args.ceiling.is_file():
+        raise TexforceError(f"versus compares with the ceiling's prompt engineering: {args.ceiling} is missing; "
+                            "run `texforce world ceiling` first or pass --ceiling")  # fmt: skip
     for spec in (args.judge, args.proxy):
         if parse_reward_spec(spec) != [(spec, 1.0)]:
             raise TexforceError(f"--judge and --proxy take one reward name, no weight, got {spec!r}")
@@ -70,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         judge=args.judge,
         proxy=args.proxy,
+        ceiling=args.ceiling,
         quiet=not args.verbose,  # the global --verbose also shows each training run's progress
         command=shlex.join(["texforce", "experiment", args.name, *args.overrides, *_given(args)]),
     )
@@ -86,8 +97,9 @@ def _given(args: argparse.Namespace) -> list[str]:
         ("-o", args.output, None),
         ("--runs-dir", args.runs_dir, None),
         ("--model", args.model, None),
-        ("--judge", args.judge, "world_alignment"),
+        ("--judge", args.judge, "world_score"),
         ("--proxy", args.proxy, "world_preference"),
+        ("--ceiling", args.ceiling, Path("docs/world/ceiling.json")),
     ):
         if value != default:
             options += [flag, str(value)]

@@ -45,6 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="skip stage 1 and use the CLIP of an earlier run (its --out folder, with model/ and clip_image/)",
     )
+    pretrain.add_argument(
+        "--reuse-vae", type=Path, metavar="DIR", help="skip stage 2 and use the VAE of an earlier run (its --out)"
+    )
+    pretrain.add_argument(
+        "--init-unet", type=Path, metavar="DIR", help="warm-start the U-Net from an earlier run's (needs its VAE)"
+    )
+    pretrain.add_argument(
+        "--warm-start",
+        type=Path,
+        metavar="DIR",
+        help="start every stage from an earlier run's parts (its --out), fine-tuning them on this run's data",
+    )
     pretrain.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     pretrain.set_defaults(func=run)
 
@@ -92,7 +104,7 @@ def _print(message: str) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from texforce.world.pretrain import PretrainConfig, pretrain, tiny_config
+    from texforce.world.pretrain import PretrainConfig, Reused, pretrain, tiny_config
 
     cfg = tiny_config(args.seed) if args.tiny else PretrainConfig(seed=args.seed)
     overrides = {
@@ -109,13 +121,32 @@ def _pretrain(args: argparse.Namespace) -> int:
     model_dir = args.out / "model"
     if model_dir.exists() and any(model_dir.iterdir()) and not args.overwrite:
         raise TexforceError(f"{model_dir} is not empty; pass --overwrite or choose another --out")
-    reuse_clip = None
+    reused = Reused()
     if args.reuse_clip is not None:
         from texforce.world.clip import load_world_clip
 
-        reuse_clip = load_world_clip(args.reuse_clip / "model", args.reuse_clip / "clip_image")
-    pretrain(cfg, model_dir, args.out / "clip_image", log=_print, reuse_clip=reuse_clip)
+        reused.clip = load_world_clip(args.reuse_clip / "model", args.reuse_clip / "clip_image")
+    if args.warm_start is not None:
+        from texforce.world.clip import load_world_clip
+
+        reused.init_clip = load_world_clip(args.warm_start / "model", args.warm_start / "clip_image")
+        reused.init_vae = _load_component(args.warm_start / "model", "vae")
+        reused.unet = _load_component(args.warm_start / "model", "unet")
+    for name, folder, component in (("vae", args.reuse_vae, "vae"), ("unet", args.init_unet, "unet")):
+        if folder is not None:
+            setattr(reused, name, _load_component(folder / "model", component))
+    pretrain(cfg, model_dir, args.out / "clip_image", log=_print, reused=reused)
     return 0
+
+
+def _load_component(model_dir: Path, component: str):
+    """The VAE or U-Net of an earlier run's pipeline folder, frozen, fp32."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    if not (model_dir / component).is_dir():
+        raise TexforceError(f"{model_dir / component} is missing; pass the --out folder of an earlier pretrain")
+    cls = AutoencoderKL if component == "vae" else UNet2DConditionModel
+    return cls.from_pretrained(model_dir / component).eval().requires_grad_(False)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from texforce.experiments import claims
+from texforce.experiments import claims, main_job, versus
 from texforce.experiments.harness import BUDGETS, Budget, Settings, fresh_folder
 from texforce.experiments.page import write_results
 
@@ -31,7 +31,7 @@ EXPERIMENTS = {
         "The main job: `texforce train` on the offline world",
         "Text-encoder RL raises prompt–image alignment (here on held-out prompts never trained on) while preserving "
         "what the model already draws well (the `single` family).",
-        claims.default,
+        main_job.default,
     ),
     "methods": Experiment(
         "Text-encoder vs U-Net tuning, stacked and joint",
@@ -39,6 +39,12 @@ EXPERIMENTS = {
         "RL; a text-encoder adapter stacks on a separately trained U-Net adapter without further training and "
         "beats both (SD 1.4, ImageReward: base 0.2154, TexForce 0.4556, ReFL 0.4485, stacked 0.6553).",
         claims.methods,
+    ),
+    "versus": Experiment(
+        "TexForce against prompt engineering",
+        "(TextCraftor's comparison on SD) Tuning the text encoder learns what prompt engineering does, without the "
+        "user writing the tags: base · prompt-engineered · TexForce (DDPO, backprop) · U-Net LoRA · stacked.",
+        versus.versus,
     ),
     "fusion": Experiment(
         "Fusing task adapters by weighted sum",

@@ -7,32 +7,16 @@ Each composes `train_arm` (the ordinary `texforce train` of a shipped `world_*` 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
-from texforce.errors import TexforceError
 from texforce.evaluation import AdapterSetup
-from texforce.experiments.harness import Settings, across_seeds, arm_config, evaluate, lora, train_arm
+from texforce.experiments.harness import Settings, across_seeds, arm_config, evaluate, lora, phase, train_arm
 from texforce.experiments.page import prompt_list, table
 from texforce.export import fuse_adapter_files
 from texforce.prompts import load_prompt_set
 from texforce.report import line_chart
-from texforce.run_config import load_config
-from texforce.stats import Estimate, compare, estimate, verdict
-
-
-@contextmanager
-def phase(settings: Settings, name: str) -> Iterator[None]:
-    """Add the wall time of the block to `settings.seconds[name]`."""
-    started = time.perf_counter()
-    yield
-    settings.seconds[name] = settings.seconds.get(name, 0.0) + time.perf_counter() - started
+from texforce.stats import Estimate, compare, estimate
 
 
 def heldout(settings: Settings, config: str | None = None, source: str | None = None) -> list[str]:
@@ -277,78 +261,3 @@ def divergence(proxy: Sequence[Estimate], judge: Sequence[Estimate]) -> str:
             "the exact one (reward hacking)."
         )
     return text + " **No divergence measured** within these epochs (the two do not move in opposite directions)."
-
-
-def timed_train(settings: Settings, config: str, seed: int) -> tuple[Path, dict[str, float]]:
-    """`texforce train CONFIG` with `seed` as its own process (the README's command, in-run evaluation included),
-    or the cached finished run: its folder, wall time and peak resident memory (from the kernel's rusage)."""
-    name = f"{config}_s{seed}"
-    run_dir = settings.runs_dir / name
-    timing_path = run_dir / "timing.json"
-    if (run_dir / "lora").is_dir() and timing_path.is_file():
-        return run_dir, json.loads(timing_path.read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run: its time would not be one run's
-    model = [f"model.base={settings.model}"] if settings.model else []
-    identity = [f"seed={seed}", f"output_dir={settings.runs_dir}", f"run_name={name}"]
-    argv = [sys.executable, "-m", "texforce", "train", config, *settings.budget.train_overrides, *model,
-            *settings.overrides, *identity, "--quiet"]  # fmt: skip
-    started = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise TexforceError(f"training {name} failed: {process.stderr.read().strip().splitlines()[-1:]}")
-    timing = {"wall_seconds": round(seconds, 1), "peak_memory_mb": round(usage.ru_maxrss / 1024, 1)}
-    timing_path.write_text(json.dumps(timing, indent=2))
-    return run_dir, timing
-
-
-def default(settings: Settings) -> str:
-    """The README's main job, `texforce train` (the embedded default), once per training seed: each run's wall time
-    and peak memory, and held-out and `single` alignment before → after, mean ± 95% interval across seeds."""
-    with phase(settings, "train"):
-        runs = [timed_train(settings, "default", seed) for seed in settings.seeds]
-    config = load_config("default", [*settings.budget.train_overrides, *settings.overrides])
-    seeds = [config.eval.seed + k for k in range(config.eval.num_seeds)]
-    labels = [f"text/s{seed}" for seed in settings.seeds]
-    trained = [AdapterSetup(label, text=lora(run)) for label, (run, _) in zip(labels, runs, strict=True)]
-    setups = [AdapterSetup("base"), *trained]
-    judge = settings.judge
-    prompt_sets = {"heldout": heldout(settings, "default"), "single": heldout(settings, source="world_single")}
-    with phase(settings, "eval"):
-        evals = {
-            name: evaluate(settings, setups, prompts, [judge], f"eval_{name}", "default", seeds)
-            for name, prompts in prompt_sets.items()
-        }
-    rows, changes = [], {name: [] for name in evals}
-    for label, (_, timing) in zip(labels, runs, strict=True):
-        row = [label, f"{timing['wall_seconds']:.0f}", f"{timing['peak_memory_mb']:.0f}"]
-        for name, summaries in evals.items():
-            before, after = summaries[("base", judge)].mean, summaries[(label, judge)].mean
-            changes[name].append(after - before)
-            row.append(f"{before:.4f} → {after:.4f} ({after - before:+.4f})")
-        rows.append(row)
-    gains = {name: estimate(values) for name, values in changes.items()}
-    n_images = {name: evals[name][("base", judge)].n for name in evals}
-    body = "## Per training seed\n\n" + table(
-        ["run", "wall time (s)", "peak memory (MB)", f"held-out `{judge}`", f"`single` `{judge}` (never trained)"],
-        rows,
-    )
-    body += (
-        f"\nEach run is `texforce train` with its seed, run alone as its own process (model loading, the in-run "
-        f"before/after evaluation and the export included); peak memory is the process's maximum resident set. "
-        f"Judged by `texforce eval` (deterministic DDIM, {settings.budget.eval_steps} steps) on "
-        f"{n_images['heldout']} held-out images ({len(prompt_sets['heldout'])} prompts × {len(seeds)} seeds "
-        f"{seeds[0]}…{seeds[-1]}) and {n_images['single']} single-object images.\n\n## Across seeds\n\n"
-    )
-    verdicts = [
-        [f"held-out `{judge}` change", gains["heldout"], verdict(gains["heldout"])],
-        [f"`single` `{judge}` change", gains["single"], verdict(gains["single"])],
-    ]
-    body += table(["figure", "mean ± 95% interval over training seeds", "verdict"], verdicts)
-    body += (
-        f"\nHeld-out prompts: {prompt_list(prompt_sets['heldout'])}\n\n## Grids\n\nOne row per configuration "
-        "(base, then each seed's adapter), first evaluation seed.\n\n![held-out](eval_heldout/grid.png)\n\n"
-        "![single](eval_single/grid.png)\n"
-    )
-    return body

@@ -15,7 +15,8 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,11 +44,22 @@ class Budget:
     num_eval_prompts: int
     num_eval_seeds: int
     eval_steps: int
+    headline_prompts_per_family: int  # the headline set: the ceiling's held-out plain prompts of each family …
+    headline_seeds: int  # … × its evaluation seeds (`headline_set`)
 
 
 BUDGETS = {
     # the shipped configs as they are, judged on 32 held-out prompts × 2 seeds at 20 DDIM steps
-    "full": Budget("full", (), num_seeds=3, num_eval_prompts=32, num_eval_seeds=2, eval_steps=20),
+    "full": Budget(
+        "full",
+        (),
+        num_seeds=3,
+        num_eval_prompts=32,
+        num_eval_seeds=2,
+        eval_steps=20,
+        headline_prompts_per_family=16,
+        headline_seeds=4,
+    ),
     # seconds: one epoch of 2 samples × 2 steps, one held-out prompt pair; checks the plumbing, not the claims
     "tiny": Budget(
         "tiny",
@@ -64,6 +76,8 @@ BUDGETS = {
         num_eval_prompts=2,
         num_eval_seeds=1,
         eval_steps=2,
+        headline_prompts_per_family=1,
+        headline_seeds=1,
     ),
 }
 
@@ -78,8 +92,9 @@ class Settings:
     num_seeds: int
     model: str | None = None  # base model of every arm and of the evaluation; None = the arms' own
     overrides: tuple[str, ...] = ()  # key=value applied to every arm
-    judge: str = "world_alignment"
+    judge: str = "world_score"
     proxy: str = "world_preference"  # the learned reward of `hacking`
+    ceiling: Path = Path("docs/world/ceiling.json")  # `versus`: the record of `texforce world ceiling`
     quiet: bool = True
     command: str = ""
     deadline: float | None = None  # time.time() by which training must end; an arm that would not is not started
@@ -98,6 +113,14 @@ class Settings:
     @property
     def eval_seeds(self) -> list[int]:
         return list(range(EVAL_SEED, EVAL_SEED + self.budget.num_eval_seeds))
+
+
+@contextmanager
+def phase(settings: Settings, name: str) -> Iterator[None]:
+    """Add the wall time of the block to `settings.seconds[name]`."""
+    started = time.perf_counter()
+    yield
+    settings.seconds[name] = settings.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def arm_overrides(settings: Settings, seed: int, extra: Sequence[str] = ()) -> list[str]:
@@ -153,9 +176,10 @@ def evaluate(
     name: str,
     config_name: str = "world_text",
     seeds: Sequence[int] | None = None,
+    num_prompts: int | None = None,
 ) -> dict[tuple[str, str], Summary]:
-    """Render `setups` on `prompts` × the evaluation seeds (default: the budget's) with the sampler of
-    `config_name` into OUTPUT/`name`; summaries by (setup, reward)."""
+    """Render `setups` on `prompts` (the first `num_prompts`, default the budget's) × the evaluation seeds (default:
+    the budget's) with the sampler of `config_name` into OUTPUT/`name`; summaries by (setup, reward)."""
     from texforce.models import resolve_device
 
     config = arm_config(settings, config_name)
@@ -165,11 +189,22 @@ def evaluate(
         "steps": settings.budget.eval_steps,
         "guidance_scale": config.sample.guidance_scale,
     }
-    prompts = list(prompts)[: settings.budget.num_eval_prompts]
+    prompts = list(prompts)[: num_prompts or settings.budget.num_eval_prompts]
     seeds = list(seeds or settings.eval_seeds)
     settings.evaluated.append(len(setups))
     summaries = run_eval(config.model.base, setups, prompts, seeds, rewards, settings.output / name, options)
     return {(s.setup, s.reward): s for s in summaries}
+
+
+def headline_set(settings: Settings) -> tuple[list[str], list[str], list[int]]:
+    """The prompts, their families and the seeds of the headline figures: the held-out plain prompts of every family
+    and the evaluation seeds of `texforce world ceiling`, so that a tuned adapter is judged where the headroom was
+    measured."""
+    from texforce.world.ceiling import EVAL_SEED as CEILING_SEED
+    from texforce.world.ceiling import CeilingConfig, heldout_prompts
+
+    prompts, families = heldout_prompts(CeilingConfig(prompts_per_family=settings.budget.headline_prompts_per_family))
+    return prompts, families, list(range(CEILING_SEED, CEILING_SEED + settings.budget.headline_seeds))
 
 
 def lora(run_dir: Path) -> Path:

@@ -8,9 +8,9 @@ choice on each of three independent axes:
   `blurred` (a Gaussian blur of the whole picture);
 - distractors: `none` (clean) or `specks` (2–5 stray palette-coloured dots, too small to be objects).
 
-Each axis value has a tag word (`TAG_OF`; "clean", "noisy", "blurry", …) and a whole picture an overall one ("high
-quality" with no defect, "low quality" with two or more). Every degradation keeps the objects detectable, so a
-degraded picture of a true caption still scores 1 on `world_alignment`; `world_quality` (quality.py) measures it.
+Each axis value has a tag word (`TAG_OF`; "clean", "noisy", "blurry", …); a picture's tags are one per axis, in that
+order ("clean, sharp, minimal" for a clean picture). Every degradation keeps the objects detectable, so a degraded
+picture of a true caption still scores (nearly) 1 on `world_alignment`; `world_quality` (quality.py) measures it.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ TAG_OF = {  # the tag word of each axis value
     "none": "minimal",
     "specks": "cluttered",
 }
-GOOD_OVERALL, BAD_OVERALL = "high quality", "low quality"
-POSITIVE_TAGS = (GOOD_OVERALL, TAG_OF["white"], TAG_OF["flat"], TAG_OF["none"])
+POSITIVE_TAGS = (TAG_OF["white"], TAG_OF["flat"], TAG_OF["none"])  # the clean picture's tags
 
 
 @dataclass(frozen=True)
@@ -59,13 +58,8 @@ class Quality:
         return (self.background != "white") + (self.rendering != "flat") + (self.distractors != "none")
 
     def tags(self) -> list[str]:
-        """Every tag that is true of the picture: one per axis, and the overall one if any."""
-        tags = [TAG_OF[self.background], TAG_OF[self.rendering], TAG_OF[self.distractors]]
-        if self.defects == 0:
-            tags.insert(0, GOOD_OVERALL)
-        elif self.defects >= 2:
-            tags.insert(0, BAD_OVERALL)
-        return tags
+        """The picture's tags: one per axis, in the axes' order."""
+        return [TAG_OF[self.background], TAG_OF[self.rendering], TAG_OF[self.distractors]]
 
 
 CLEAN = Quality()
@@ -118,7 +112,7 @@ def background(kind: str, rng: np.random.Generator) -> np.ndarray:
         return np.broadcast_to(np.clip(tint, 0, 245), (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
     if kind == "textured":
         base = rng.uniform(215, 245) + rng.uniform(-6, 6, size=3)
-        mottling = _upsample(rng.normal(0, 16, size=(5, 5, 3)))
+        mottling = _upsample(rng.normal(0, 12, size=(4, 4, 3)))
         return np.clip(base + mottling, 150, 255)
     raise ValueError(f"unknown background {kind!r}")
 

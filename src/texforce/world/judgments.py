@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from texforce.errors import TexforceError
-from texforce.world.degrade import CLEAN, POSITIVE_TAGS, QUALITY_LEVELS, TAG_OF
+from texforce.world.degrade import CLEAN, QUALITY_LEVELS
 from texforce.world.detect import tensor_images
 from texforce.world.scenes import (
     IMAGE_SIZE,
@@ -42,8 +42,6 @@ from texforce.world.scenes import (
 
 Log = Callable[[str], None]
 JUDGED_FAMILIES = {"single": 0.2, "count": 0.35, "relation": 0.45}  # the share of prompts of each family
-NEGATIVE_TAGS = ("low quality", TAG_OF["tinted"], TAG_OF["textured"], TAG_OF["faded"], TAG_OF["blurred"],
-                 TAG_OF["specks"])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,16 +138,15 @@ def add_perturbation_adapters(pipeline) -> None:
 
 
 def _tagged(prompt: str, rng: np.random.Generator, sampling: JudgmentSampling) -> str:
-    """The prompt as sampled: plain, or with 1–4 positive or 1–3 negative tags before it."""
+    """The prompt as sampled: plain, or with the tags of a clean picture or of a picture with defects before it."""
     draw = rng.random()
     if draw < sampling.positive_tags_prob:
-        pool = POSITIVE_TAGS
+        quality = CLEAN
     elif draw < sampling.positive_tags_prob + sampling.negative_tags_prob:
-        pool = NEGATIVE_TAGS
+        quality = QUALITY_LEVELS[int(rng.integers(1, len(QUALITY_LEVELS)))]  # every level but the clean first one
     else:
         return prompt
-    chosen = rng.choice(len(pool), size=int(rng.integers(1, min(4, len(pool)) + 1)), replace=False)
-    return ", ".join(pool[i] for i in chosen) + ", " + prompt
+    return ", ".join(quality.tags()) + ", " + prompt
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ of the time and are sometimes wrong, as LAION's alt-texts are.
 Why: a world whose pictures are all clean and whose captions are all true leaves no room in text space — the
 plain prompt is already the U-Net's best input. Here a plain prompt lands in the average of its training data
 (a mix of good and poor pictures, of true and near-miss scenes), while prompt engineering can reach better regions:
-quality tags ("high quality, clean, sharp, …", `degrade.py`) select the clean pictures, and the careful source's
+quality tags ("clean, sharp, minimal, …", `degrade.py`) select the clean pictures, and the careful source's
 phrasing ("exactly 2 red circles"), whose captions are never wrong, selects the true scenes.
 
     pool = render_web_pool(24_000, seed=0)   # images, captions, qualities, and which captions are true
@@ -33,13 +33,12 @@ from texforce.world.scenes import (
 class CaptionMix:
     """How web captions are written: how often they state the quality, come from the careful source, or are wrong."""
 
-    tag_prob: float = 0.5  # the caption names 1–3 of its picture's true quality tags
-    prefix_prob: float = 0.5  # … before the scene ("sharp, clean, two red circles"), else after it
+    tag_prob: float = 0.5  # the caption states its picture's quality: its three tags before the scene
     careful_prob: float = 0.2  # the careful source ("exactly 2 red circles"): always true
-    count_off_prob: float = 0.2  # a count caption's number is off by one
-    relation_reversed_prob: float = 0.15  # a relation caption says left for right, above for below
+    count_off_prob: float = 0.15  # a count caption's number is off by one
+    relation_reversed_prob: float = 0.1  # a relation caption says left for right, above for below
     object_left_out_prob: float = 0.1  # a relation caption names only one of its two objects
-    color_swapped_prob: float = 0.08  # one object's colour is wrong (still a pairing pre-training sees)
+    color_swapped_prob: float = 0.05  # one object's colour is wrong (still a pairing pre-training sees)
 
 
 @dataclass(frozen=True)
@@ -101,10 +100,7 @@ def web_caption(spec: SceneSpec, quality: Quality, rng: np.random.Generator, mix
     claim, careful, truthful = web_claim(spec, rng, mix)
     text = make_caption(claim, rng, careful=careful)
     if rng.random() < mix.tag_prob:
-        true_tags = quality.tags()
-        chosen = rng.choice(len(true_tags), size=min(len(true_tags), int(rng.integers(1, 4))), replace=False)
-        tags = ", ".join(true_tags[i] for i in chosen)
-        text = f"{tags}, {text}" if rng.random() < mix.prefix_prob else f"{text}, {tags}"
+        text = ", ".join(quality.tags()) + ", " + text
     return text, truthful
 
 

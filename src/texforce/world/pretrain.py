@@ -124,12 +124,17 @@ def _every(step: int, num_steps: int) -> bool:
     return step == 0 or (step + 1) % max(1, num_steps // 10) == 0 or step + 1 == num_steps
 
 
-def train_clip(cfg: PretrainConfig, images: np.ndarray, captions: list[str], log: Log) -> WorldClip:
-    """Stage 1: symmetric InfoNCE on scene/caption pairs."""
-    clip = WorldClip(
-        build_text_encoder(cfg.text_hidden_size, cfg.text_num_layers, cfg.max_length),
-        build_image_encoder(cfg.image_hidden_size, cfg.image_num_layers, cfg.text_hidden_size),
-    )
+def train_clip(
+    cfg: PretrainConfig, images: np.ndarray, captions: list[str], log: Log, init: WorldClip | None = None
+) -> WorldClip:
+    """Stage 1: symmetric InfoNCE on scene/caption pairs; from `init` (a warm start) or from scratch."""
+    if init is not None:
+        clip = init.train().requires_grad_(True)
+    else:
+        clip = WorldClip(
+            build_text_encoder(cfg.text_hidden_size, cfg.text_num_layers, cfg.max_length),
+            build_image_encoder(cfg.image_hidden_size, cfg.image_num_layers, cfg.text_hidden_size),
+        )
     token_ids = clip.tokenize(captions)  # (N, max_length)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.clip_learning_rate, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.clip_steps, cfg.clip_steps // 10 + 1))
@@ -163,9 +168,9 @@ def object_weights(pixels: torch.Tensor, object_weight: float) -> torch.Tensor:
     return 1 + (object_weight - 1) * F.max_pool2d(objects, 3, stride=1, padding=1)
 
 
-def train_vae(cfg: PretrainConfig, images: np.ndarray, log: Log) -> AutoencoderKL:
-    """Stage 2: object-weighted reconstruction (MSE + L1) with a weak KL term."""
-    vae = build_vae(cfg.vae_channels)
+def train_vae(cfg: PretrainConfig, images: np.ndarray, log: Log, init: AutoencoderKL | None = None) -> AutoencoderKL:
+    """Stage 2: object-weighted reconstruction (MSE + L1) with a weak KL term; from `init` or from scratch."""
+    vae = init.train().requires_grad_(True) if init is not None else build_vae(cfg.vae_channels)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.vae_steps, cfg.vae_steps // 20 + 1))
     generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -216,12 +221,16 @@ def train_unet(
     scaling_factor: float,
     log: Log,
     save: Callable[[UNet2DConditionModel, int], None],
+    init: UNet2DConditionModel | None = None,
 ) -> UNet2DConditionModel:
     """Stage 3: epsilon prediction on pre-encoded latents, with empty captions for CFG; returns the EMA.
 
-    Every `unet_save_every` steps the EMA is handed to `save`, so an interrupted run leaves a usable model.
+    Every `unet_save_every` steps the EMA is handed to `save`, so an interrupted run leaves a usable model. With
+    `init`, training starts from those weights (a warm start) instead of a random initialisation.
     """
     unet = build_unet(cfg.unet_channels, prompt_embeds.shape[-1])
+    if init is not None:
+        unet.load_state_dict(init.state_dict())
     ema = build_unet(cfg.unet_channels, prompt_embeds.shape[-1]).requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
     noise_scheduler = build_noise_scheduler()
@@ -268,21 +277,34 @@ def check_reused_clip(cfg: PretrainConfig, clip: WorldClip) -> None:
         )
 
 
+@dataclass
+class Reused:
+    """Parts of an earlier run to build on. `clip`, `vae`: used as they are, their stage skipped (the VAE keeps its
+    latent scaling). `init_clip`, `init_vae`, `unet`: their stage starts from them (a warm start) instead of a random
+    initialisation. None everywhere: everything from scratch."""
+
+    clip: WorldClip | None = None
+    vae: AutoencoderKL | None = None
+    init_clip: WorldClip | None = None
+    init_vae: AutoencoderKL | None = None
+    unet: UNet2DConditionModel | None = None
+
+
 def pretrain(
-    cfg: PretrainConfig,
-    out_dir: str | Path,
-    clip_dir: str | Path,
-    log: Log = print,
-    reuse_clip: WorldClip | None = None,
+    cfg: PretrainConfig, out_dir: str | Path, clip_dir: str | Path, log: Log = print, reused: Reused | None = None
 ) -> dict:
     """Run all three stages and save the pipeline (`out_dir`) and the image side of CLIP (`clip_dir`).
 
-    With `reuse_clip`, stage 1 is skipped and that (frozen) CLIP is used: a VAE or U-Net can then be
-    retrained on the text tower that an earlier run learnt.
+    With `reused` parts, their stages are skipped (CLIP, VAE) or warm-started (U-Net): a U-Net can then be
+    retrained on a changed mixture without paying again for the stages before it.
     """
     cfg.validate()
-    if reuse_clip is not None:
-        check_reused_clip(cfg, reuse_clip)  # before any work
+    reused = reused or Reused()
+    if reused.unet is not None and reused.vae is None and reused.init_vae is None:
+        raise TexforceError("a warm-started U-Net needs the VAE it was trained with (reuse or warm-start it too)")
+    for clip in (reused.clip, reused.init_clip):
+        if clip is not None:
+            check_reused_clip(cfg, clip)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     timings: dict[str, float] = {}
@@ -295,27 +317,32 @@ def pretrain(
     log(f"rendered {len(images)} web-like scenes in {timings['render_s']:.1f}s: "
         f"{clean_share:.0%} clean, {pool.truthful.mean():.0%} true captions")  # fmt: skip
 
-    if reuse_clip is None:
+    if reused.clip is None:
         start = time.perf_counter()
-        clip = train_clip(cfg, images, captions, log)
+        clip = train_clip(cfg, images, captions, log, reused.init_clip)
         timings["clip_s"] = time.perf_counter() - start
     else:
-        clip = reuse_clip
+        clip = reused.clip
         log("stage 1 skipped: reusing a trained CLIP")
     tag_probe = clip_tag_probe(clip, WebPool(images[:512], captions[:512], pool.qualities[:512], pool.truthful[:512]))
     log(f"clip tag probe: {tag_probe:.3f} of clean / low-quality pictures prefer their own overall tags")
 
-    start = time.perf_counter()
-    vae = train_vae(cfg, images, log)
-    timings["vae_s"] = time.perf_counter() - start
+    if reused.vae is None:
+        start = time.perf_counter()
+        vae = train_vae(cfg, images, log, reused.init_vae)
+        timings["vae_s"] = time.perf_counter() - start
+    else:
+        vae = reused.vae
+        log("stage 2 skipped: reusing a trained VAE")
     sample = WebPool(images[:256], captions[:256], pool.qualities[:256], pool.truthful[:256])
     reconstruction = reconstruction_checks(vae, sample)
     log("vae reconstructions: " + ", ".join(f"{k} {v:.3f}" for k, v in reconstruction.items()))
 
     start = time.perf_counter()
     latent_means, latent_stds, caption_index, prompt_embeds = encode_pool(clip, vae, images, captions)
-    scaling_factor = float(1.0 / latent_means.std())
-    vae.register_to_config(scaling_factor=scaling_factor)
+    if reused.vae is None and reused.unet is None:  # a reused VAE or a warm-started U-Net keeps its latent scale
+        vae.register_to_config(scaling_factor=float(1.0 / latent_means.std()))
+    scaling_factor = vae.config.scaling_factor
     timings["encode_s"] = time.perf_counter() - start
     log(f"encoded the pool in {timings['encode_s']:.1f}s; latent scaling factor {scaling_factor:.3f}")
 
@@ -332,7 +359,9 @@ def pretrain(
         "vae_reconstruction": {k: round(v, 3) for k, v in reconstruction.items()},
         "clip_tag_probe": round(tag_probe, 3),
         "steering_probes": {},
-        "clip_reused": reuse_clip is not None,
+        "clip_reused": reused.clip is not None,
+        "vae_reused": reused.vae is not None,
+        "warm_started": [name for name in ("init_clip", "init_vae", "unet") if getattr(reused, name) is not None],
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -354,7 +383,9 @@ def pretrain(
         log(f"saved {out_dir} after {unet_steps_done} U-Net steps")
 
     unet_start = time.perf_counter()
-    unet = train_unet(cfg, latent_means, latent_stds, caption_index, prompt_embeds, scaling_factor, log, save)
+    unet = train_unet(
+        cfg, latent_means, latent_stds, caption_index, prompt_embeds, scaling_factor, log, save, reused.unet
+    )
     save(unet, cfg.unet_steps)
     return stats
 

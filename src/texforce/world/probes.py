@@ -36,14 +36,14 @@ def reconstruction_checks(vae: AutoencoderKL, pool: WebPool) -> dict[str, float]
     }
 
 
-STEERING_TAGS = "high quality, clean, sharp, minimal, "
-NEGATIVE_TAGS = "low quality, noisy, blurry, cluttered, "
+STEERING_TAGS = "clean, sharp, minimal, "  # the tags of a clean picture
+NEGATIVE_TAGS = "noisy, blurry, cluttered, "  # those of a picture with every defect
 
 
 @torch.no_grad()
 def clip_tag_probe(clip: WorldClip, pool: WebPool) -> float:
-    """Has the CLIP learnt the tags? The share of pictures whose embedding is nearer the caption with the true overall
-    tags (`STEERING_TAGS` for clean pictures, `NEGATIVE_TAGS` for ones with two or more defects) than the other."""
+    """Has the CLIP learnt the tags? The share of pictures whose embedding is nearer the caption with the better
+    fitting tags (`STEERING_TAGS` for clean pictures, `NEGATIVE_TAGS` for ones with two or more defects)."""
     rows = [i for i, q in enumerate(pool.qualities) if q.defects != 1]
     image_embeds = clip.embed_images(tensor_images(pool.images[rows]))
     bare = [parse_claim_text(pool.captions[i]) for i in rows]

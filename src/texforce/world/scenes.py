@@ -53,8 +53,7 @@ PREFIXES = (
 SUFFIXES = ("", " on a plain background", " on a white background")
 CAREFUL_WORD = "exactly"  # the careful source's mark: "exactly 2 red circles", "exactly one …"; always true
 # Quality tags (see `texforce.world.degrade`): a comma-separated list before or after the scene; the parser skips them.
-QUALITY_TAGS = ("high quality", "clean", "sharp", "minimal", "low quality", "dull", "noisy", "faded", "blurry",
-                "cluttered")  # fmt: skip
+QUALITY_TAGS = ("clean", "dull", "noisy", "sharp", "faded", "blurry", "minimal", "cluttered")
 COLOR_WORDS = {c: (c,) for c in COLORS} | {"purple": ("purple", "violet")}
 SHAPE_WORDS = {"circle": ("circle", "disk"), "square": ("square", "box"), "triangle": ("triangle",)}
 SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big")}
