@@ -87,17 +87,17 @@ def test_hacking(docs, tiny_model_dir):
 
 def test_versus_table(docs, tiny_model_dir, tmp_path):
     ceiling = tmp_path / "ceiling.json"
-    chosen = {"tags": ["high quality", "clean"], "position": "prefix", "careful": True, "name": "x"}
+    chosen = {"tags": ["clean", "sharp"], "position": "prefix", "careful": True, "name": "x"}
     ceiling.write_text(json.dumps({"chosen": {"prompt-engineered": chosen}}))
     folder, text = _run("versus", docs, tiny_model_dir, "--ceiling", str(ceiling))
     rows = _rows(text, "model / prompts")
     assert [r[0].split(" ")[0] for r in rows] == ["base", "prompt-engineered", "TexForce:", "TexForce:", "U-Net",
                                                   "text"]  # fmt: skip
-    assert "careful phrasing + high quality, clean (prefix)" in rows[1][0]
+    assert "careful phrasing + clean, sharp (prefix)" in rows[1][0]
     assert all(re.fullmatch(NUMBER, cell) for r in rows for cell in r[1:])
     assert len(_rows(text, "comparison (`world_score`)")) == 5
     engineered = (folder / "eval_engineered" / "results.csv").read_text()
-    assert "high quality, clean, exactly" in engineered and (folder / "eval_plain" / "grid.png").is_file()
+    assert "clean, sharp, exactly" in engineered and (folder / "eval_plain" / "grid.png").is_file()
 
 
 def test_versus_needs_the_ceiling(tmp_path, capsys):

@@ -17,6 +17,7 @@ from texforce.rewards.jpeg import JpegCompressibility
 from texforce.rewards.preprocess import ImageTransform
 from texforce.world.learned import WorldClipScoreReward, WorldPreferenceReward
 from texforce.world.preference_model import PreferenceModel, PreferenceModelConfig, TextStates
+from texforce.world.reward import WorldSoftQualityReward
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rewards"
 PROMPTS = ["a red circle to the left of a blue square", "three green triangles"]
@@ -71,6 +72,7 @@ SCORERS = {
     "imagereward": _imagereward,
     "world_clipscore": lambda tmp: _world_clipscore(),
     "world_preference": lambda tmp: _world_preference(),
+    "world_quality_soft": lambda tmp: WorldSoftQualityReward(),
 }
 
 
@@ -106,7 +108,7 @@ def test_no_grad_path_scores_the_same(name: str, tmp_path: Path) -> None:
 
 def test_registry_marks_exactly_the_rewards_with_a_gradient() -> None:
     assert set(differentiable_rewards()) == set(SCORERS) | {"hpsv2_1"}
-    assert {"jpeg_compressibility", "world_alignment", "hand", "face"} <= set(REWARDS) - set(differentiable_rewards())
+    assert {"jpeg_compressibility", "world_alignment", "world_quality", "world_score", "hand", "face"} <= set(REWARDS) - set(differentiable_rewards())
 
 
 def test_weighted_sum_keeps_the_graph_and_logs_zero_weight_terms_without_one() -> None:

@@ -110,10 +110,13 @@ def test_encode_once_equals_plain_loop(tiny_model_dir, tiny_sdxl_dir, tmp_path, 
     reference = plain_loop_gradients(trainer, trajectory, advantages, rows, steps)
     assert [a is None for a in fast] == [b is None for b in reference]
     assert sum(b is None for b in reference) == (8 if model == "sdxl" else 0)  # its 4 projections × (A, B)
-    for a, b in zip(fast, reference, strict=True):  # fp32 summation order differs: 1e-5 of each tensor's scale
+    # fp32 summation order differs: 1e-5 of each tensor's scale; stacking 2 steps in one U-Net call also changes the
+    # convolutions' batch blocking, measured up to 1.8e-5 of the scale on CI, so those get 1e-4 (a bug is O(1))
+    scale = 1e-5 if per_call == 1 else 1e-4
+    for a, b in zip(fast, reference, strict=True):
         if b is not None:
             assert b.abs().max() > 0
-            torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-5)
+            torch.testing.assert_close(a, b, atol=scale * float(b.abs().max()), rtol=scale)
 
 
 @torch.no_grad()
