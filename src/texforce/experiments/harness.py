@@ -70,6 +70,7 @@ BUDGETS = {
             "sample.num_batches_per_epoch=1",
             "train.batch_size_per_device=2",
             "train.gradient_accumulation_steps=1",
+            "advantage.group_size=2",  # grouped advantages (the default run's) need a group to divide the 2 samples
             "train.num_epochs=1",
         ),
         num_seeds=1,

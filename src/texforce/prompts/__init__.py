@@ -43,13 +43,18 @@ def _animals() -> PromptSet:
 
 def _world(family: str | None) -> Callable[[], PromptSet]:
     """The offline world's prompts: training claims and claims never trained on (held-out phrasings and
-    colour–shape pairings). `family` None = the compositional mix of counts and relations."""
+    colour–shape pairings). `family` None = the compositional mix of counts and relations; "all" = every family:
+    32 training prompts each of single objects, counts and relations, 8 held-out prompts of each of the four."""
 
     def build() -> PromptSet:
         from texforce.world.scenes import family_prompts, heldout_prompts, train_prompts
 
         if family is None:
             return PromptSet("world", tuple(train_prompts(16)), tuple(heldout_prompts(32)))
+        if family == "all":
+            train = [p for f in ("single", "count", "relation") for p in family_prompts(f, "train", 32)]
+            heldout = [p for f in ("single", "count", "relation", "composition") for p in family_prompts(f, "heldout", 8)]
+            return PromptSet("world_all", tuple(train), tuple(heldout))
         train, heldout = family_prompts(family, "train", 32), family_prompts(family, "heldout", 32)
         return PromptSet(f"world_{family}", tuple(train), tuple(heldout))
 
@@ -65,6 +70,7 @@ PROMPT_SETS: dict[str, Callable[[], PromptSet]] = {
     "location": _single("location", "A dog on the moon"),
     "animals": _animals,
     "world": _world(None),
+    "world_all": _world("all"),
     "world_single": _world("single"),
     "world_count": _world("count"),
     "world_relation": _world("relation"),
