@@ -49,8 +49,8 @@ def test_the_base_is_the_model_given_else_the_adapters_else_the_embedded_default
 def test_settings_come_from_the_config_that_fits_the_base():
     default, library = load_config("default"), RunConfig()
     world = config_for(default.model.base)
-    assert (world.sample.num_steps, world.sample.guidance_scale, judge(world)) == (20, 5.0, "world_alignment")
-    assert world.prompts.train == default.prompts.train == "world"
+    assert (world.sample.num_steps, world.sample.guidance_scale, judge(world)) == (20, 5.0, "world_score")
+    assert world.prompts.train == default.prompts.train == "world_all"
     other = config_for("CompVis/stable-diffusion-v1-4")
     assert other.model.base == "CompVis/stable-diffusion-v1-4"
     assert (other.sample.num_steps, other.sample.guidance_scale) == (library.sample.num_steps, 7.5)

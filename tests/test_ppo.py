@@ -52,6 +52,18 @@ def test_group_advantages_normalise_within_each_prompt_of_the_batch():
     np.testing.assert_allclose(advantages, [-1.0, 1.0, 0.0, 0.0], atol=1e-5)
 
 
+def test_batch_scaled_groups_keep_a_tight_groups_noise_small():
+    from texforce.ppo import group_advantages
+
+    prompts = ["a", "a", "b", "b"]
+    rewards = np.array([0.0, 1.0, 0.80, 0.81])  # group b: nearly equal scores
+    grpo = group_advantages(prompts, rewards)
+    np.testing.assert_allclose(grpo, [-1.0, 1.0, -1.0, 1.0], atol=1e-3)  # b's 0.01 noise becomes full size
+    scaled = group_advantages(prompts, rewards, scale="batch")
+    centred = np.array([-0.5, 0.5, -0.005, 0.005])
+    np.testing.assert_allclose(scaled, centred / centred.std(), atol=1e-4)  # b's stays 1/100 of a's
+
+
 def test_grouped_epochs_draw_each_prompt_group_size_times(tiny_model_dir, tmp_path):
     import torch
     from conftest import tiny_overrides

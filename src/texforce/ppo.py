@@ -43,15 +43,21 @@ class PerPromptStatTracker:
         self.buffers = {p: deque(values, maxlen=self.buffer_size) for p, values in state.items()}
 
 
-def group_advantages(prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
-    """Normalise each reward by the mean and std of the same prompt's rewards of this batch only (GRPO's groups:
-    the epoch draws each prompt `advantage.group_size` times)."""
+def group_advantages(prompts: Sequence[str], rewards: np.ndarray, scale: str = "group") -> np.ndarray:
+    """Centre each reward on the mean of the same prompt's rewards of this batch only (GRPO's groups: the epoch
+    draws each prompt `advantage.group_size` times), then divide by that group's std (`scale="group"`, GRPO) or by
+    the std of all the centred rewards (`scale="batch"`, as Dr. GRPO argues: a group whose few images score alike
+    has a tiny std, and dividing by it blows their noise up to full-size advantages)."""
     rewards = np.asarray(rewards, dtype=np.float64)
-    advantages = np.empty_like(rewards)
+    centred = np.empty_like(rewards)
+    spread = np.empty_like(rewards)
     for prompt in dict.fromkeys(prompts):
         mask = np.array([p == prompt for p in prompts])
-        advantages[mask] = (rewards[mask] - rewards[mask].mean()) / (rewards[mask].std() + 1e-6)
-    return advantages
+        centred[mask] = rewards[mask] - rewards[mask].mean()
+        spread[mask] = rewards[mask].std()
+    if scale == "batch":
+        return centred / (centred.std() + 1e-6)
+    return centred / (spread + 1e-6)
 
 
 def batch_advantages(rewards: np.ndarray) -> np.ndarray:

@@ -68,6 +68,11 @@ class AdvantageConfig:
     group_size: int = option(
         4, "group: images per prompt per epoch, normalised within their group (divides the epoch)", bounds=">= 2"
     )
+    group_scale: str = option(
+        "group",
+        "group: what the centred rewards are divided by: each group's std (GRPO) or the whole batch's (Dr. GRPO)",
+        choices=("group", "batch"),
+    )
 
 
 class DDPO:
@@ -148,7 +153,7 @@ class DDPO:
         if mode == "per_prompt":
             values[finite] = self.stat_tracker.update(kept_prompts, kept)
         elif mode == "group":
-            values[finite] = group_advantages(kept_prompts, kept)
+            values[finite] = group_advantages(kept_prompts, kept, self.advantage.group_scale)
         else:
             values[finite] = batch_advantages(kept)
         return torch.as_tensor(values, dtype=torch.float32)

@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", type=Path, help="results folder (default: docs/NAME; replaced)")
     parser.add_argument("--runs-dir", type=Path, help="training runs (default: runs/experiments/BUDGET)")
     parser.add_argument("--model", help="base model of every arm and of the evaluation (default: the arms')")
-    parser.add_argument("--judge", default="world_score", help="the reward that judges (default: %(default)s)")
+    parser.add_argument("--judge", default="world_score", help="the reward that judges")
     parser.add_argument("--proxy", default="world_preference", help="hacking: the learned reward trained on")
     parser.add_argument(
         "--ceiling",

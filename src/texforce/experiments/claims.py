@@ -181,7 +181,7 @@ def _chart(title: str, curves: dict[str, list[Estimate]]) -> str:
 def curves(settings: Settings) -> str:
     """Reward per epoch (training samples) for text vs U-Net tuning, on the world reward and on JPEG."""
     arms = {
-        "world_alignment": {"text": "world_text", "unet": "world_unet"},
+        "world_score": {"text": "world_text", "unet": "world_unet"},
         "jpeg_compressibility": {"text": "world_text_jpeg", "unet": "world_unet_jpeg"},
     }
     body = ""

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from texforce.evaluation import AdapterSetup
 from texforce.experiments.harness import Settings, across_seeds, evaluate, headline_set, lora, phase, train_arm
+from texforce.experiments.main_job import timed_train
 from texforce.experiments.page import prompt_list, table
 from texforce.stats import compare
 from texforce.world.prompt_engineering import PromptVariant
 
 JUDGES = ("world_score", "world_alignment", "world_quality")
-ARMS = {"ddpo": "world_text", "backprop": "world_backprop", "unet": "world_unet"}
+ARMS = {"backprop": "world_backprop", "unet": "world_unet"}  # and DDPO: `texforce train world_ddpo`, timed
 
 
 def engineered_variant(record_path: Path) -> PromptVariant:
@@ -28,9 +29,11 @@ def engineered_variant(record_path: Path) -> PromptVariant:
 
 
 def versus(settings: Settings) -> str:
-    """Train the three arms per seed, judge every row on the ceiling's held-out plain prompts."""
+    """Train the three arms per seed (DDPO as its own timed `texforce train world_ddpo` process, as the default run
+    is), judge every row on the ceiling's held-out plain prompts."""
     with phase(settings, "train"):
         runs = {arm: [train_arm(settings, config, seed) for seed in settings.seeds] for arm, config in ARMS.items()}
+        runs["ddpo"] = [timed_train(settings, "world_ddpo", seed)[0] for seed in settings.seeds]
     prompts, _, seeds = headline_set(settings)
     variant = engineered_variant(settings.ceiling)
     labels = {"base": ["base"]}

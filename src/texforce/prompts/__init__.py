@@ -53,7 +53,8 @@ def _world(family: str | None) -> Callable[[], PromptSet]:
             return PromptSet("world", tuple(train_prompts(16)), tuple(heldout_prompts(32)))
         if family == "all":
             train = [p for f in ("single", "count", "relation") for p in family_prompts(f, "train", 32)]
-            heldout = [p for f in ("single", "count", "relation", "composition") for p in family_prompts(f, "heldout", 8)]
+            families = ("single", "count", "relation", "composition")
+            heldout = [p for f in families for p in family_prompts(f, "heldout", 8)]
             return PromptSet("world_all", tuple(train), tuple(heldout))
         train, heldout = family_prompts(family, "train", 32), family_prompts(family, "heldout", 32)
         return PromptSet(f"world_{family}", tuple(train), tuple(heldout))
