@@ -17,7 +17,9 @@ CARDS = {"world/model-card.md": MODEL_DIR / "README.md", "world/preference-card.
 def card(path: Path) -> str:
     """A shipped model card, with where it lives."""
     where = path.relative_to(Path(texforce.__file__).parents[1])
-    return f"_The card shipped with the model, `{where}`; shown here as it is._\n\n{path.read_text()}"
+    # its links into docs/ are relative to the card's folder in the repository; on the site it sits in world/
+    text = path.read_text().replace("](../../../../../docs/", "](../")
+    return f"_The card shipped with the model, `{where}`; shown here with its links to the docs._\n\n{text}"
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:

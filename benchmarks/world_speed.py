@@ -37,6 +37,7 @@ SMOKE = [  # the tiny random model, reading world prompts: seconds on a CPU
     "sample.batch_size_per_device=4",
     "train.batch_size_per_device=2",
     "advantage.mode=batch",
+    "backprop.num_grad_steps=2",  # the default run's backprop keeps the whole chain: at most its 2 steps
 ]
 
 
@@ -80,10 +81,13 @@ def measure(config_name: str, overrides: list[str], warmup: int, epochs: int, fo
     for index in counted:
         seconds = stats[index].seconds
         (start, first_decode), (end, last_decode) = starts[index], starts[index + 1]
-        phases["decode"] += sum(decode[first_decode:last_decode])
-        phases["sampling"] += seconds.get("sample", 0.0) - sum(decode[first_decode:last_decode])
+        decoded = sum(decode[first_decode:last_decode])
+        phases["decode"] += decoded
+        # DDPO decodes while sampling; backprop samples, decodes and scores inside its one "train" phase
+        in_sampling = "sample" in seconds
+        phases["sampling"] += seconds.get("sample", 0.0) - (decoded if in_sampling else 0.0)
         phases["reward"] += seconds.get("reward", 0.0)
-        phases["update"] += seconds["train"]
+        phases["update"] += seconds["train"] - (0.0 if in_sampling else decoded)
         phases["other"] += end - start - sum(seconds.values())
     samples = config.samples_per_epoch_per_device
     total = sum(phases.values())

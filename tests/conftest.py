@@ -32,6 +32,9 @@ def tiny_overrides(model_dir: Path, output_dir: Path, **extra: object) -> list[s
         "model.base": str(model_dir),
         "output_dir": str(output_dir),
         "run_name": "run",
+        "train.algorithm": "ddpo",  # the embedded default (backprop on the world's learned reward) made DDPO again
+        "sample.eta": 1.0,
+        "eval.reward": "null",  # the training reward, not the world's judge
         "prompts.train": "animals",
         "reward": "jpeg_compressibility",
         "sample.num_steps": 4,

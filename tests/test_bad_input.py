@@ -147,7 +147,7 @@ def test_non_world_prompts_with_a_world_judge(capsys, tiny_model_dir, tmp_path):
 
 
 def test_sample_a_non_world_prompt_with_the_world_reward(capsys, tmp_path, no_model):
-    message = "reward world_alignment cannot score 1 of the 1 prompts, e.g. 'a photo of a hand'"
+    message = "reward world_score cannot score 1 of the 1 prompts, e.g. 'a photo of a hand'"
     line = fails(capsys, ["sample", "--prompt", "a photo of a hand", "-o", str(tmp_path / "hand.png")], message)
     assert line.endswith("; --reward none samples them unscored")
 
@@ -160,7 +160,7 @@ def test_eval_non_world_prompts_with_the_world_reward(capsys, tmp_path, no_model
 def test_score_a_non_world_prompt_with_the_world_reward(capsys, tmp_path):
     image = tmp_path / "x.png"
     Image.new("RGB", (64, 64)).save(image)
-    fails(capsys, ["score", str(image), "--prompt", "a cat"], "--prompt: reward world_alignment cannot score")
+    fails(capsys, ["score", str(image), "--prompt", "a cat"], "--prompt: reward world_score cannot score")
 
 
 def test_world_rewards_judge_the_world_models_image_size():
@@ -174,7 +174,7 @@ def test_score_a_grid_with_a_world_reward(capsys, tmp_path):
     """Was: a grid scored 0.0 without a word (the reward judges single 64×64 images)."""
     grid = tmp_path / "grid.png"
     Image.new("RGB", (256, 300)).save(grid)
-    message = f"{grid} is 256×300, not square: world_alignment judges single 64×64 images (a grid? score the images"
+    message = f"{grid} is 256×300, not square: world_score judges single 64×64 images (a grid? score the images"
     fails(capsys, ["score", str(grid), "--prompt", "two red circles"], message)
 
 

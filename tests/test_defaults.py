@@ -50,7 +50,7 @@ def test_settings_come_from_the_config_that_fits_the_base():
     default, library = load_config("default"), RunConfig()
     world = config_for(default.model.base)
     assert (world.sample.num_steps, world.sample.guidance_scale, judge(world)) == (20, 5.0, "world_score")
-    assert world.prompts.train == default.prompts.train == "world_all"
+    assert world.prompts.train == default.prompts.train == "world"
     other = config_for("CompVis/stable-diffusion-v1-4")
     assert other.model.base == "CompVis/stable-diffusion-v1-4"
     assert (other.sample.num_steps, other.sample.guidance_scale) == (library.sample.num_steps, 7.5)
@@ -66,7 +66,7 @@ def test_sample_without_a_model_draws_the_world_with_its_settings(tmp_path, load
     assert len(pipe.scheduler.timesteps) == 20 and pipe.guidance_scale == 5.0
     (caption,) = Image.open(out).text["Description"].splitlines()
     score, prompt = caption.split(" · ")
-    assert prompt == "two red circles" and 0 <= float(score) <= 1  # world_alignment's range
+    assert prompt == "two red circles" and 0 <= float(score) <= 1  # world_score's range
     assert Image.open(tmp_path / "circles_p0_s0.png").size == (64, 64)
 
 
@@ -91,7 +91,7 @@ def test_eval_without_a_model_judges_the_world_on_its_held_out_prompts(tmp_path,
 
     monkeypatch.setattr(evaluation, "run_eval", record)
     assert main(["eval", "-o", str(tmp_path / "eval")]) == 0
-    assert calls == [("texforce/world", heldout_prompts(32), ["world_alignment"], 20, 5.0)]
+    assert calls == [("texforce/world", heldout_prompts(32), ["world_score"], 20, 5.0)]
 
 
 def test_eval_of_a_run_takes_everything_from_the_run(run, tiny_model_dir, monkeypatch, capsys):
@@ -122,9 +122,9 @@ def test_score_without_a_reward_uses_the_worlds_and_resizes_with_a_warning(tmp_p
     Image.new("RGB", (256, 256), "white").save(large)
     assert main(["score", str(small), str(large), "--prompt", "a red circle"]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines()[0].split() == ["image", "world_alignment"]
+    assert out.splitlines()[0].split() == ["image", "world_score"]
     assert err == (
-        f"texforce score: warning: resized 1 of 2 images to 64×64, which world_alignment judges (e.g. {large}, "
+        f"texforce score: warning: resized 1 of 2 images to 64×64, which world_score judges (e.g. {large}, "
         "256×256); a grid of samples would score as one picture\n"
     )
     assert [line.split()[1] for line in out.splitlines()[1:]] == ["0.0000", "0.0000"]  # no red circle on white

@@ -131,6 +131,8 @@ def scratch(tmp_path, monkeypatch, tiny_run) -> Path:
         (tmp_path / name).write_text(text)
     for name, shipped in STAND_INS["configs"].items():
         shutil.copy(builtin_configs()[shipped], tmp_path / name)
+    (tmp_path / "docs" / "world").mkdir(parents=True)  # `texforce experiment versus` reads the ceiling's record
+    shutil.copy(Path(__file__).parents[1] / "docs" / "world" / "ceiling.json", tmp_path / "docs" / "world")
     monkeypatch.chdir(tmp_path)
     find_spec = importlib.util.find_spec  # optional packages an example names (wandb) count as installed
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: find_spec(name, *a) or name in OPTIONAL)
@@ -237,6 +239,7 @@ TINY = [  # the world's default run at the tiny scale of the other tests
     "train.gradient_accumulation_steps=2",
     "train.num_epochs=1",
     "ddpo.timesteps_per_call=1",
+    "backprop.num_grad_steps=4",  # the default run backprops through its whole chain: here 4 steps
     "eval.num_prompts=2",
     "eval.num_seeds=1",
 ]

@@ -62,7 +62,7 @@ def test_curves_reuse_the_methods_runs(docs, tiny_model_dir):
     trained = metrics.stat().st_mtime_ns
     folder, text = _run("curves", docs, tiny_model_dir)
     assert metrics.stat().st_mtime_ns == trained, "the text arm of methods must be reused, not retrained"
-    assert (folder / "curve_world_alignment.svg").read_text().startswith("<svg")
+    assert (folder / "curve_world_score.svg").read_text().startswith("<svg")
     assert (folder / "curve_jpeg_compressibility.svg").is_file()
     rows = _rows(text, "epoch")
     assert rows[0][0] == "1" and all(re.fullmatch(NUMBER, cell) for cell in rows[0][1:])

@@ -35,7 +35,7 @@ class RewardEntry:
 WORLD_PROMPTS = PromptGrammar(
     "texforce.world:parse_prompt",
     "world prompts such as 'a red circle', 'three green triangles' or 'a red circle left of a blue square' "
-    "(texforce prompt sets world, world_single, world_count, world_relation)",
+    "(texforce prompt sets world, world_all, world_single, world_count, world_relation)",
 )
 WORLD_IMAGE_SIZE = 64  # the world model's images (texforce.world.scenes.IMAGE_SIZE)
 
