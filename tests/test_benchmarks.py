@@ -1,6 +1,7 @@
 """The benchmarks' harnesses run end to end (tiny model, CPU); their figures are not asserted here."""
 
 import importlib
+import json
 
 import pytest
 import torch
@@ -43,3 +44,11 @@ def test_world_speed_smoke():
     assert set(result["share"]) == {"sampling", "decode", "reward", "update", "other"}
     assert abs(sum(result["share"].values()) - 1) < 0.01
     assert all(v >= 0 for k, v in result["seconds_per_epoch"].items() if k != "other")
+
+
+def test_default_budget_smoke(tmp_path):
+    module = importlib.import_module("benchmarks.default_budget")
+    (result,) = module.main(["--smoke", "--json", str(tmp_path / "b.jsonl")])
+    assert result["config"] == "default" and result["wall_seconds"] > 0 and result["peak_memory_mb"] > 0
+    assert result["within"] == (result["wall_seconds"] <= 300 and result["peak_memory_mb"] <= 2048)
+    assert json.loads((tmp_path / "b.jsonl").read_text()) == result
