@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.timing import append_json_lines
 from texforce.experiments.harness import BUDGETS, Settings, machine
-from texforce.experiments.main_job import BUDGET, timed_train
+from texforce.experiments.main_job import BUDGET, timed_train, within_budget
 
 SMOKE = ("model.base=texforce/tiny-random", "backprop.num_grad_steps=2")  # with the tiny budget's overrides
 
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         settings = Settings(budget, Path(folder), Path(folder), len(args.seeds), overrides=SMOKE if args.smoke else ())
         for seed in args.seeds:
             _, timing = timed_train(settings, "default", seed)
-            within = all(timing[key] <= limit for key, limit in BUDGET.items())
-            result = {"config": "default", "seed": seed, **timing, "budget": BUDGET, "within": within}
+            result = {"config": "default", "seed": seed, **timing, "budget": BUDGET, "within": within_budget(timing)}
             results.append(result | {"machine": machine()})
             print(json.dumps(results[-1]))
     if args.json:

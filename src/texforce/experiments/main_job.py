@@ -22,6 +22,11 @@ JUDGES = ("world_score", "world_alignment", "world_quality")
 BUDGET = {"wall_seconds": 300, "peak_memory_mb": 2048}  # issue "Words matter (2 of 2)": ≤ 5 min, ≤ 2 GB
 
 
+def within_budget(timing: dict[str, float]) -> bool:
+    """Whether a run's wall time and peak memory (`timed_train`'s timing) are within `BUDGET`."""
+    return all(timing[key] <= limit for key, limit in BUDGET.items())
+
+
 def timed_train(settings: Settings, config: str, seed: int) -> tuple[Path, dict[str, float]]:
     """`texforce train CONFIG` with `seed` as its own process (the README's command, in-run evaluation included),
     or the cached finished run: its folder, wall time and peak resident memory (from the kernel's rusage)."""
@@ -72,7 +77,7 @@ def default(settings: Settings) -> str:
     means = _family_means(settings, Path("eval_heldout"), dict(zip(prompts, families, strict=True)))
     rows = []
     for label, (_, timing) in zip(labels, runs, strict=True):
-        within = all(timing[k] <= v for k, v in BUDGET.items())
+        within = within_budget(timing)
         before, after = means[("base", JUDGES[0], "all")], means[(label, JUDGES[0], "all")]
         shown = f"{before:.4f} → {after:.4f} ({after - before:+.4f})"
         wall, memory = f"{timing['wall_seconds']:.0f}", f"{timing['peak_memory_mb']:.0f}"
