@@ -36,6 +36,7 @@ def tiny_overrides(model_dir: Path, output_dir: Path, **extra: object) -> list[s
         "sample.eta": 1.0,
         "eval.reward": "null",  # the training reward, not the world's judge
         "prompts.train": "animals",
+        "prompts.eval": "null",  # the held-out part of the training set (the default judges the world's headline set)
         "reward": "jpeg_compressibility",
         "sample.num_steps": 4,
         "sample.batch_size_per_device": 4,

@@ -11,8 +11,8 @@ from texforce import evaluation, models
 from texforce.cli.main import main
 from texforce.defaults import choose_base, config_for, judge
 from texforce.evaluation import Summary
+from texforce.prompts import load_prompt_set
 from texforce.run_config import RunConfig, load_config
-from texforce.world.scenes import heldout_prompts
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,8 @@ def test_sample_with_an_adapter_uses_the_base_it_records(run, tiny_model_dir, tm
 
 
 def test_eval_without_a_model_judges_the_world_on_its_held_out_prompts(tmp_path, monkeypatch):
-    """Was: animals, JPEG, 50 steps, CFG 7.5 on texforce/tiny-random."""
+    """Was: animals, JPEG, 50 steps, CFG 7.5 on texforce/tiny-random. The held-out prompts are the default run's:
+    the headline set (the ceiling's 64 held-out plain prompts of the four families)."""
     calls = []
 
     def record(base, setups, prompts, seeds, rewards, output, options):
@@ -91,7 +92,9 @@ def test_eval_without_a_model_judges_the_world_on_its_held_out_prompts(tmp_path,
 
     monkeypatch.setattr(evaluation, "run_eval", record)
     assert main(["eval", "-o", str(tmp_path / "eval")]) == 0
-    assert calls == [("texforce/world", heldout_prompts(32), ["world_score"], 20, 5.0)]
+    headline = list(load_prompt_set("world", "world_headline").eval)
+    assert len(headline) == 64 and not set(headline) & set(load_prompt_set("world_all").train)
+    assert calls == [("texforce/world", headline, ["world_score"], 20, 5.0)]
 
 
 def test_eval_of_a_run_takes_everything_from_the_run(run, tiny_model_dir, monkeypatch, capsys):

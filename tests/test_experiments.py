@@ -115,6 +115,25 @@ def test_main_job_per_family(docs, tiny_model_dir):
     assert seed_row[0] == "text/s0" and float(seed_row[1]) > 0 and seed_row[3] in ("yes", "**no**")
 
 
+def test_efficiency_curves(docs, tiny_model_dir):
+    """2 epochs with a checkpoint each: every run gives a curve point after epoch 1 and at its end (2 samples each)."""
+    out, runs = docs
+    argv = ["experiment", "efficiency", "train.num_epochs=2", "--budget", "tiny", "--model", str(tiny_model_dir)]
+    assert main([*argv, "-o", str(out / "efficiency"), "--runs-dir", str(runs)]) == 0
+    text = (out / "efficiency" / "results.md").read_text()
+    assert (runs / "ddpo_curve_s0" / "checkpoints" / "checkpoint_00001").is_dir()
+    rows = _rows(text, "samples seen")
+    assert [(r[0], r[1]) for r in rows] == [("2", "DDPO"), ("4", "DDPO"), ("2", "backprop"), ("4", "backprop")]
+    assert all(re.fullmatch(r"[+-]\d\.\d{3}", r[3]) for r in rows)  # one training seed: one value each
+    assert [r[0] for r in _rows(text, "algorithm")] == ["DDPO", "backprop"]
+    assert "| DDPO | 0 |" in text and "| backprop | 0 |" in text  # each seed's end of run
+    svg = (out / "efficiency" / "curve_efficiency.svg").read_text()
+    assert svg.startswith("<svg") and "samples seen" in svg
+    assert not (out / "efficiency" / "eval_heldout" / "grid.png").exists()
+    summary = (out / "efficiency" / "eval_heldout" / "results.csv").read_text()
+    assert "DDPO/s0/2," in summary and "backprop/s0/4," in summary
+
+
 def test_student_t_interval():
     e = estimate([1.0, 2.0, 3.0])
     assert e.mean == 2.0 and abs(e.ci - 4.303 * 1.0 / 3**0.5) < 1e-9

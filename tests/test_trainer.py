@@ -173,7 +173,12 @@ def test_negative_branch_off_the_lora_uses_the_base_encoder(tiny_model_dir, tmp_
     assert torch.equal(policy.negative_embeds(1).prompt_embeds, base)
 
 
-def test_resume_equals_uninterrupted_run(tiny_model_dir, tmp_path, monkeypatch):
+STABILISERS = {"train__ema_decay": 0.5, "ddpo__kl_coef": 0.1, "ddpo__window_start": 1, "ddpo__window_size": 2}
+
+
+@pytest.mark.parametrize("extra", [{}, STABILISERS], ids=["plain", "ema-kl-window"])
+def test_resume_equals_uninterrupted_run(tiny_model_dir, tmp_path, monkeypatch, extra):
+    """With the EMA on, the exported adapters are the average, which the checkpoint's trainer state carries."""
     overrides = tiny_overrides(
         tiny_model_dir,
         tmp_path,
@@ -181,6 +186,7 @@ def test_resume_equals_uninterrupted_run(tiny_model_dir, tmp_path, monkeypatch):
         advantage__mode="per_prompt",
         advantage__min_count=2,
         unet_lora__use=True,
+        **extra,
     )
     straight = train_run(None, [*overrides, "run_name=straight"], quiet=True)
 

@@ -101,6 +101,12 @@ class TrainConfig:
     adam_epsilon: float = option(1e-8, "AdamW epsilon", bounds="> 0")
     lr_schedule: str = option("constant", "learning rate after the warm-up", choices=("constant", "cosine"))
     lr_warmup_steps: int = option(0, "optimizer steps of linear warm-up", bounds=">= 0")
+    ema_decay: float = option(
+        0.0,
+        "0: off; else the final evaluation and exported adapters are an exponential moving average of the trained "
+        "ones with this decay, updated after every optimizer step",
+        bounds="[0, 1)",
+    )
     use_lora_for_negative: bool = option(True, "encode the negative prompt through the LoRA text encoder too")
     max_nonfinite_fraction: float = option(
         0.1, "NaN/inf rewards are dropped; above this fraction of an epoch the run stops", bounds="[0, 1)"

@@ -8,7 +8,8 @@ the same policy; only how its gradient is estimated differs (`texforce.algorithm
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -132,6 +133,19 @@ class Policy:
             for encoder in self.text_encoders.values():
                 encoder.enable_adapters() if enabled else encoder.disable_adapters()
 
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Within the block every adapter is off: the frozen base pipeline (the reference policy of a KL penalty)."""
+        self._set_text_adapters(False)
+        if self.config.unet_lora.use:
+            self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self._set_text_adapters(True)
+            if self.config.unet_lora.use:
+                self.unet.enable_adapters()
+
     def noise_predictor(self, conditioning: Conditioning, negative: Conditioning | None) -> NoisePredictor:
         return guided_noise_fn(self.unet, conditioning, negative, self.config.sample.guidance_scale)
 
@@ -158,9 +172,11 @@ class Policy:
         prompts: Sequence[str],
         generators: torch.Generator | Sequence[torch.Generator],
         progress: Callable[[], None] | None = None,
+        stochastic: range | None = None,
     ) -> Trajectory:
         """DDPO chains of `prompts` in batches of `sample.batch_size_per_device`, batch i drawing its noise from
-        `generators[i]` (or all from one generator); everything on the CPU."""
+        `generators[i]` (or all from one generator); only the `stochastic` steps (default all) draw noise and
+        have a log-prob. Everything on the CPU."""
         s = self.config.sample
         batches = []
         for index, start in enumerate(range(0, len(prompts), s.batch_size_per_device)):
@@ -176,6 +192,7 @@ class Policy:
                 s.eta,
                 generator,
                 progress,
+                stochastic,
             )
             images = decode_latents(self.vae, latents[:, -1])
             batches.append((batch, ids, latents.cpu(), log_probs.cpu(), timesteps.cpu(), images.cpu()))

@@ -53,8 +53,9 @@ def _svg(parts: list[str]) -> str:
     return f'<svg width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}">{"".join(parts)}</svg>'
 
 
-def line_chart(title: str, epochs: list[int], series: list[Series]) -> str:
-    """An SVG chart of one or more series over epochs, each with an optional shaded ± band."""
+def line_chart(title: str, epochs: list[int], series: list[Series], x_label: str = "epoch") -> str:
+    """An SVG chart of one or more series over epochs (or another integer axis, `x_label`), each with an optional
+    shaded ± band; a NaN value leaves its point out."""
     kept = [
         (
             label,
@@ -80,7 +81,7 @@ def line_chart(title: str, epochs: list[int], series: list[Series]) -> str:
         return LEFT + (epoch - first) / (last - first) * (WIDTH - LEFT - RIGHT - 6)
 
     legend = [f"{label}{' ± std' if band else ''}: {_fmt(good[-1][1])}" for label, good, band in kept]
-    parts = _frame(f"{title} by epoch", low, high, "", legend)
+    parts = _frame(f"{title} by {x_label}", low, high, "", legend)
     for epoch in sorted({first, last, (first + last) // 2}):
         parts.append(f'<text x="{x(epoch):.1f}" y="{HEIGHT - 8}" text-anchor="middle">{epoch}</text>')
     for index, (_, good, band) in enumerate(kept):
@@ -150,6 +151,7 @@ def _charts(rows: list[dict[str, Any]]) -> str:
         ("ppo/loss", "PPO loss"),
         ("ppo/approx_kl", "approx. KL"),
         ("ppo/clipfrac", "clip fraction"),
+        ("ppo/kl_to_frozen", "KL to the frozen policy"),
         ("ppo/grad_norm", "gradient norm"),
     ):
         if key in rows[-1]:

@@ -203,9 +203,10 @@ def _train(trainer: Trainer, logger: RunLogger, run_dir: Path, checkpoint: Path 
     started = time.perf_counter()
     trainer.train()
     if state.is_main_process:
-        results = eval_record(trainer, results["scores"]["before"], evaluate(trainer, "after"))
-        results["train_seconds_this_session"] = round(time.perf_counter() - started, 1)
-        export_adapters(trainer, run_dir)
+        with trainer.final_weights():
+            results = eval_record(trainer, results["scores"]["before"], evaluate(trainer, "after"))
+            results["train_seconds_this_session"] = round(time.perf_counter() - started, 1)
+            export_adapters(trainer, run_dir)
         write_text_atomic(eval_path, json.dumps(results, indent=2))
         logger.tracker.close()
         summarise(logger.console, results, config.eval.reward or config.reward, run_dir)

@@ -168,6 +168,7 @@ class RunLogger:
         parts += [f"loss {update.get('loss', 0):+.2e}"]  # kl and clip: DDPO's; backprop has neither
         parts += [f"kl {update['approx_kl']:.2e}"] if "approx_kl" in update else []
         parts += [f"clip {update['clipfrac']:.2f}"] if "clipfrac" in update else []
+        parts += [f"kl to base {update['kl_to_frozen']:.2e}"] if "kl_to_frozen" in update else []
         self.console.print(
             f"epoch {epoch}/{self.num_epochs}  reward {record['reward_mean']:.4f} ± {record['reward_std']:.4f}  "
             + "  ".join(parts)

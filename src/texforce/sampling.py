@@ -156,9 +156,21 @@ def ddim_step_with_logprob(
     """
     mean, std = ddim_step(scheduler, model_output, timesteps, sample, eta)
     prev32 = mean + std * _noise_like(mean, generator) if prev_sample is None else prev_sample.float()
-    log_prob = -((prev32.detach() - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI
-    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
-    return prev32.to(sample.dtype), log_prob
+    return prev32.to(sample.dtype), gaussian_log_prob(prev32, mean, std)
+
+
+def gaussian_log_prob(value: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Log-density (B,) of `value` under N(mean, std²) per dimension, averaged over the non-batch dimensions (as
+    DDPO does); differentiable in `mean` only (the sample is a constant of the graph)."""
+    log_prob = -((value.detach().float() - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI
+    return log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+
+
+def step_kl(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL (B,) between two steps' Gaussians of equal std: ‖mean − reference_mean‖² / 2std², averaged over the
+    non-batch dimensions like the log-probs (Flow-GRPO's KL to the frozen policy)."""
+    kl = (mean - reference_mean) ** 2 / (2 * std**2)
+    return kl.mean(dim=tuple(range(1, kl.ndim)))
 
 
 def check_schedule(scheduler: DDIMScheduler, num_steps: int) -> None:
@@ -229,18 +241,28 @@ def sample_latents(
     eta: float,
     generator: torch.Generator | None = None,
     progress: Callable[[], None] | None = None,
+    stochastic: range | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the DDIM chain from `initial_latents`. Returns latents (B, T+1, ...), log_probs (B, T), timesteps (T,).
 
+    `stochastic` (step indices; None: all) are the steps drawn at `eta` with a log-prob (an SDE window, as MixGRPO);
+    the others are deterministic DDIM steps (eta 0, no noise drawn) whose log-prob is recorded as 0.
     A schedule with a zero-variance step is refused (one line) before any U-Net call: its log-prob would be NaN."""
     scheduler.set_timesteps(num_steps, device=initial_latents.device)
     _check_variance(scheduler)
+    stochastic = range(num_steps) if stochastic is None else stochastic
     latents = initial_latents * scheduler.init_noise_sigma
     all_latents, all_log_probs = [latents], []
-    for t in scheduler.timesteps:
+    for index, t in enumerate(scheduler.timesteps):
         timesteps = t.expand(latents.shape[0])
         noise_pred = predict(scheduler.scale_model_input(latents, t), timesteps)
-        latents, log_prob = ddim_step_with_logprob(scheduler, noise_pred, timesteps, latents, eta, generator=generator)
+        if index in stochastic:
+            latents, log_prob = ddim_step_with_logprob(
+                scheduler, noise_pred, timesteps, latents, eta, generator=generator
+            )
+        else:
+            mean, _ = ddim_step(scheduler, noise_pred, timesteps, latents, 0.0)
+            latents, log_prob = mean.to(latents.dtype), torch.zeros(len(latents), device=latents.device)
         all_latents.append(latents)
         all_log_probs.append(log_prob)
         if progress is not None:

@@ -9,6 +9,7 @@ group, and the checkpointed state. What a run writes or prints is the `RunLogger
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from diffusers.optimization import get_scheduler
 from texforce.algorithms import build_algorithm
 from texforce.checkpoint import load_checkpoint_state, rng_state, set_rng_state
 from texforce.distributed import average_gradients, batch_generator, process_state
+from texforce.ema import ParameterEMA
 from texforce.errors import TexforceError
 from texforce.models import resolve_device
 from texforce.policy import Policy
@@ -56,6 +58,7 @@ class Trainer:
         self.judge = build_reward(judge, self.device, self.policy.unet.dtype) if judge else self.reward_fn
         self.prompts = load_prompt_set(c.prompts.train, c.prompts.eval)
         self.algorithm = build_algorithm(c.train.algorithm, self)
+        self.ema = ParameterEMA(self.trainable, c.train.ema_decay) if c.train.ema_decay > 0 else None
         self.lr_scheduler = get_scheduler(
             "cosine" if c.train.lr_schedule == "cosine" else "constant_with_warmup",
             self.optimizer,
@@ -137,12 +140,19 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.train.max_grad_norm)
         if torch.isfinite(norm):
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
         else:
             self.log.warn(f"non-finite gradient norm at step {self.global_step}; update skipped")
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         return float(norm)
+
+    def final_weights(self) -> AbstractContextManager:
+        """Within the block the adapters hold what the run delivers: the moving average with `train.ema_decay`,
+        else the trained weights as they are."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -167,6 +177,7 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "algorithm": self.algorithm.state_dict(),
             "rng": rng_state(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_checkpoint(self, checkpoint) -> None:
@@ -176,5 +187,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.algorithm.load_state_dict(state["algorithm"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
         self.start_epoch, self.global_step = state["epoch"], state["global_step"]

@@ -20,13 +20,14 @@ from texforce.config_schema import check, option
 from texforce.distributed import gather_reward, gather_trajectory, mean_over_processes
 from texforce.ppo import PerPromptStatTracker, batch_advantages, group_advantages, ppo_clipped_loss
 from texforce.runlog import EpochStats
-from texforce.sampling import Trajectory, check_schedule, ddim_step_with_logprob
+from texforce.sampling import Conditioning, Trajectory, check_schedule, ddim_step, gaussian_log_prob, step_kl
 
 if TYPE_CHECKING:
     from texforce.algorithms.base import TrainingContext
     from texforce.config import SharedConfig
 
 GRID_SIZE = 16
+Reference = tuple[Conditioning, Conditioning | None]  # the frozen policy's conditioning and negative
 
 
 @dataclass
@@ -46,10 +47,30 @@ class DDPOConfig:
         "and gradient as one call per step; faster on the CPU, k times the activation memory)",
         bounds=">= 1",
     )
+    kl_coef: float = option(
+        0.0,
+        "β of a KL penalty to the frozen policy (adapters off) on each trained step, ‖μθ − μref‖² / 2σ² averaged over "
+        "latent dimensions (Flow-GRPO uses 0.01–0.04): keeps the policy near the base; costs one more U-Net call",
+        bounds=">= 0",
+    )
+    window_start: int = option(
+        0, "first step (0-based) of the SDE window: the steps drawn at sample.eta", bounds=">= 0"
+    )
+    window_size: int = option(
+        0,
+        "steps in the SDE window (0: to the end of the chain); the others are deterministic DDIM steps (eta 0) and "
+        "are never trained on, which removes their noise from the policy gradient (MixGRPO)",
+        bounds=">= 0",
+    )
+
+    def window(self, num_steps: int) -> range:
+        """The chain's steps that are sampled stochastically and trained on."""
+        end = num_steps if self.window_size == 0 else self.window_start + self.window_size
+        return range(self.window_start, min(end, num_steps))
 
     def num_train_timesteps(self, num_steps: int) -> int:
-        """How many of a chain's `num_steps` sampled steps each sample is trained on."""
-        return max(1, int(num_steps * self.timestep_fraction))
+        """How many of the window's sampled steps (all the chain's by default) each sample is trained on."""
+        return max(1, int(len(self.window(num_steps)) * self.timestep_fraction))
 
 
 @dataclass
@@ -92,12 +113,18 @@ class DDPO:
         check(
             advantage.min_count <= advantage.buffer_size, "advantage.min_count must be in [1, advantage.buffer_size]"
         )
+        steps = config.sample.num_steps
+        check(
+            ddpo.window_start < steps,
+            f"ddpo.window_start ({ddpo.window_start}) must be a step of the chain (sample.num_steps = {steps})",
+        )
 
     def __init__(self, context: TrainingContext, ddpo: DDPOConfig, advantage: AdvantageConfig) -> None:
         self.trainer, self.ddpo, self.advantage = context, ddpo, advantage
         c = context.config
         check_schedule(context.policy.scheduler, c.sample.num_steps)  # a zero-variance step has no log-prob
         self.stat_tracker = PerPromptStatTracker(advantage.buffer_size, advantage.min_count)
+        self.window = ddpo.window(c.sample.num_steps)
         self.num_train_timesteps = ddpo.num_train_timesteps(c.sample.num_steps)
         micro_batches = c.samples_per_epoch_per_device // c.train.batch_size_per_device
         self.steps_per_epoch = ddpo.num_inner_epochs * micro_batches // c.train.gradient_accumulation_steps
@@ -141,7 +168,7 @@ class DDPO:
         """The chains of `prompts`, batch i drawing its noise from `generators[i]`, under a progress bar."""
         s = self.trainer.config.sample
         task = self.trainer.log.progress("sampling", len(prompts) // s.batch_size_per_device * s.num_steps)
-        trajectory = self.trainer.policy.sample(prompts, generators, task)
+        trajectory = self.trainer.policy.sample(prompts, generators, task, self.window)
         self.trainer.log.done(task)
         return trajectory
 
@@ -162,7 +189,8 @@ class DDPO:
         """PPO over the epoch's (global) samples: shuffled micro-batches, each on its own random subset of
         timesteps. With several processes, each optimizer step's micro-batches are split between them."""
         t, c = self.trainer, self.trainer.config
-        num_samples, num_steps = trajectory.log_probs.shape
+        num_samples = len(trajectory.prompts)
+        window = torch.tensor(self.window)
         advantages = advantages.clamp(-self.ddpo.adv_clip_max, self.ddpo.adv_clip_max)
         history: dict[str, list[float]] = defaultdict(list)
         micro = c.train.batch_size_per_device
@@ -170,9 +198,9 @@ class DDPO:
         task = t.log.progress("training", self.ddpo.num_inner_epochs * len(mine))
         for _ in range(self.ddpo.num_inner_epochs):
             order = torch.randperm(num_samples, generator=generator)
-            # step_order (N, K): each sample trains on its own random K of the T steps
-            step_order = torch.stack([torch.randperm(num_steps, generator=generator) for _ in range(num_samples)])
-            step_order = step_order[:, : self.num_train_timesteps]
+            # step_order (N, K): each sample trains on its own random K of the window's steps
+            draws = [torch.randperm(len(window), generator=generator) for _ in range(num_samples)]
+            step_order = window[torch.stack(draws)[:, : self.num_train_timesteps]]
             for index, j in enumerate(mine):
                 rows = order[j * micro : (j + 1) * micro]
                 for key, value in self.train_micro_batch(trajectory, advantages, rows, step_order[rows]).items():
@@ -196,6 +224,8 @@ class DDPO:
         whose summed gradient then makes a single backward pass through the text encoder. This equals
         re-encoding per timestep (tested), at a fraction of the cost. `ddpo.timesteps_per_call` = k stacks k of
         each sample's steps into one U-Net batch of k·b (the sum of the k steps' losses: the same gradient, tested).
+        With `ddpo.kl_coef` β > 0 each step's loss adds β·KL to the frozen policy, whose prediction runs without a
+        graph.
         """
         c, policy = self.trainer.config, self.trainer.policy
         device = policy.device
@@ -209,6 +239,7 @@ class DDPO:
             e.map(lambda t: t.detach().requires_grad_(text_trainable and t.requires_grad)) if e is not None else None
             for e in (embeds, negative)
         ]
+        reference = self.reference_conditioning(trajectory.prompt_ids[rows]) if self.ddpo.kl_coef > 0 else None
         totals: dict[str, float] = defaultdict(float)
         num_steps = steps.shape[1]
         for start in range(0, num_steps, self.ddpo.timesteps_per_call):
@@ -220,18 +251,22 @@ class DDPO:
             next_latents = trajectory.latents[batch_rows, step + 1].to(device)
             timesteps = trajectory.timesteps[step].to(device)
             noise_pred = policy.noise_predictor(stacked[0], stacked[1])(latents, timesteps)
-            _, log_probs = ddim_step_with_logprob(
-                policy.scheduler, noise_pred, timesteps, latents, c.sample.eta, prev_sample=next_latents
-            )
+            mean, std = ddim_step(policy.scheduler, noise_pred, timesteps, latents, c.sample.eta)
             stats = ppo_clipped_loss(
-                log_probs,
+                gaussian_log_prob(next_latents, mean, std),
                 trajectory.log_probs[batch_rows, step].to(device),
                 advantages[batch_rows].to(device),
                 self.ddpo.clip_range,
             )
-            (stats.loss * scale * k).backward()  # the mean over k·b rows, times k: the sum of k steps' means
-            for key in ("loss", "approx_kl", "clipfrac", "ratio"):
-                totals[key] += getattr(stats, key).item() * k / num_steps
+            loss, logged = stats.loss, {key: getattr(stats, key) for key in ("loss", "approx_kl", "clipfrac", "ratio")}
+            if reference is not None:
+                logged["kl_to_frozen"] = step_kl(
+                    mean, self.reference_mean(reference, k, latents, timesteps), std
+                ).mean()
+                loss = loss + self.ddpo.kl_coef * logged["kl_to_frozen"]
+            (loss * scale * k).backward()  # the mean over k·b rows, times k: the sum of k steps' means
+            for key, value in logged.items():
+                totals[key] += value.item() * k / num_steps
         pairs = [
             (tensor, leaf.grad)
             for e, leaves_of_e in zip((embeds, negative), leaves, strict=True)
@@ -242,6 +277,27 @@ class DDPO:
         if pairs:
             torch.autograd.backward(*zip(*pairs, strict=True))
         return dict(totals)
+
+    @torch.no_grad()
+    def reference_conditioning(self, prompt_ids: torch.Tensor) -> Reference:
+        """The frozen policy's conditioning (and negative) of a micro-batch, for the KL penalty."""
+        policy = self.trainer.policy
+        with policy.frozen():
+            negative = policy.negative_embeds(len(prompt_ids)) if self.ddpo.use_cfg and policy.uses_guidance else None
+            return policy.encode(prompt_ids), negative
+
+    @torch.no_grad()
+    def reference_mean(
+        self, reference: Reference, k: int, latents: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """The frozen policy's step mean for the micro-batch's rows stacked `k` times (as the trained call)."""
+        policy, eta = self.trainer.policy, self.trainer.config.sample.eta
+        embeds, negative = (
+            None if e is None else e.map(lambda t: t.repeat(k, *[1] * (t.ndim - 1))) for e in reference
+        )
+        with policy.frozen():
+            noise_pred = policy.noise_predictor(embeds, negative)(latents, timesteps)
+        return ddim_step(policy.scheduler, noise_pred, timesteps, latents, eta)[0]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from texforce.errors import TexforceError
 
 EPILOG = """examples:
   texforce diagnose snr                                   # the default run's gradient (direct backprop)
-  texforce diagnose snr world_ddpo --batches 4            # DDPO's, 32 samples per batch
-  texforce diagnose snr world_ddpo sample.num_batches_per_epoch=2 advantage.mode=batch
+  texforce diagnose snr world_ddpo --batches 8            # DDPO's, 64 samples per batch
+  texforce diagnose snr world_ddpo ddpo.window_size=0 ddpo.timestep_fraction=0.5   # the whole chain stochastic
 Each batch's gradient is computed at the same (initial) policy from independent samples; the mean pairwise
 cosine c gives the squared signal-to-noise ratio of one batch, c / (1 - c), and how many samples a batch needs
 for SNR² = 1 (cosine ≈ 0.7 with the true gradient).

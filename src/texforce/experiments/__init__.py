@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from texforce.experiments import claims, main_job, versus
+from texforce.experiments import claims, efficiency, main_job, versus
 from texforce.experiments.harness import BUDGETS, Budget, Settings, fresh_folder
 from texforce.experiments.page import write_results
 
@@ -45,6 +45,12 @@ EXPERIMENTS = {
         "(TextCraftor's comparison on SD) Tuning the text encoder learns what prompt engineering does, without the "
         "user writing the tags: base · prompt-engineered · TexForce (DDPO, backprop) · U-Net LoRA · stacked.",
         versus.versus,
+    ),
+    "efficiency": Experiment(
+        "Sample efficiency: DDPO against direct backprop",
+        "(The official release trains SD-Turbo and SDXL-Turbo text-encoder adapters by direct reward backprop) a "
+        "differentiable reward reaches the same gain from far fewer samples than DDPO.",
+        efficiency.efficiency,
     ),
     "fusion": Experiment(
         "Fusing task adapters by weighted sum",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from texforce.evaluation import AdapterSetup
 from texforce.experiments.harness import Settings, across_seeds, arm_config, evaluate, lora, phase, train_arm
-from texforce.experiments.page import prompt_list, table
+from texforce.experiments.page import prompt_list, standalone_svg, table
 from texforce.export import fuse_adapter_files
 from texforce.prompts import load_prompt_set
 from texforce.report import line_chart
@@ -163,19 +163,11 @@ def seed_curves(runs: Sequence[Path], key: str = "reward_mean") -> list[Estimate
     return [estimate(values) for values in zip(*series, strict=True)]
 
 
-SVG_STYLE = (
-    "<style>text{font-family:sans-serif;font-size:11px;fill:#444} text.t{font-size:13px;font-weight:600} "
-    ".g{stroke:#e0e0e0}</style>"
-)
-
-
 def _chart(title: str, curves: dict[str, list[Estimate]]) -> str:
     """A standalone SVG file (namespace and style added) of `report.line_chart`: mean with a ±CI band."""
     epochs = list(range(1, len(next(iter(curves.values()))) + 1))
     series = [(label, [e.mean for e in c], [e.ci for e in c]) for label, c in curves.items()]
-    svg = line_chart(title, epochs, series).replace(" ± std: ", " ± 95% CI: ")
-    head, sep, rest = svg.partition(">")
-    return head.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1) + sep + SVG_STYLE + rest + "\n"
+    return standalone_svg(line_chart(title, epochs, series))
 
 
 def curves(settings: Settings) -> str:

@@ -131,9 +131,12 @@ def arm_overrides(settings: Settings, seed: int, extra: Sequence[str] = ()) -> l
     return [*settings.budget.train_overrides, *model, *settings.overrides, *extra, *identity]
 
 
-def arm_run(settings: Settings, config: str, seed: int, extra: Sequence[str] = ()) -> tuple[list[str], Path]:
-    """The overrides (run name included) and the run folder of one arm-seed."""
-    name = f"{config.removeprefix('world_')}_s{seed}"
+def arm_run(
+    settings: Settings, config: str, seed: int, extra: Sequence[str] = (), tag: str = ""
+) -> tuple[list[str], Path]:
+    """The overrides (run name included) and the run folder of one arm-seed; `tag` names a variant of the arm (its
+    `extra` overrides) apart from the plain one."""
+    name = f"{config.removeprefix('world_')}{tag}_s{seed}"
     return [*arm_overrides(settings, seed, extra), f"run_name={name}"], settings.runs_dir / name
 
 
@@ -144,12 +147,12 @@ def arm_command(settings: Settings, config: str, seed: int, extra: Sequence[str]
     return [sys.executable, "-m", "texforce", "train", config, *overrides, *resume, "--quiet"]
 
 
-def train_arm(settings: Settings, config: str, seed: int, extra: Sequence[str] = ()) -> Path:
+def train_arm(settings: Settings, config: str, seed: int, extra: Sequence[str] = (), tag: str = "") -> Path:
     """Train shipped config `config` with `seed` (or reuse the finished run of the same config); its run folder.
     Raises `DeadlineReached` instead of starting a run expected to end after `settings.deadline`."""
     from texforce.run import prepare_run, train_run
 
-    overrides, run_dir = arm_run(settings, config, seed, extra)
+    overrides, run_dir = arm_run(settings, config, seed, extra, tag)
     settings.arms.append((config, seed, tuple(extra)))
     if (run_dir / "lora").is_dir():
         prepare_run(config, overrides, str(run_dir))  # raises when the finished run had another config

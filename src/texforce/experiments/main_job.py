@@ -51,7 +51,7 @@ def timed_train(settings: Settings, config: str, seed: int) -> tuple[Path, dict[
     return run_dir, timing
 
 
-def _family_means(settings: Settings, folder: Path, families: dict[str, str]) -> dict[tuple[str, str, str], float]:
+def family_means(settings: Settings, folder: Path, families: dict[str, str]) -> dict[tuple[str, str, str], float]:
     """Mean score per (configuration, judge, family) from an evaluation's results.csv; family "all" too."""
     import csv
 
@@ -74,7 +74,7 @@ def default(settings: Settings) -> str:
     setups = [AdapterSetup("base"), *trained]
     with phase(settings, "eval"):
         evaluate(settings, setups, prompts, JUDGES, "eval_heldout", "default", seeds, num_prompts=len(prompts))
-    means = _family_means(settings, Path("eval_heldout"), dict(zip(prompts, families, strict=True)))
+    means = family_means(settings, Path("eval_heldout"), dict(zip(prompts, families, strict=True)))
     rows = []
     for label, (_, timing) in zip(labels, runs, strict=True):
         within = within_budget(timing)

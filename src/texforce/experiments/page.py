@@ -11,6 +11,10 @@ from pathlib import Path
 from texforce.experiments.harness import Settings, machine
 
 INDEX = "experiments.md"
+SVG_STYLE = (
+    "<style>text{font-family:sans-serif;font-size:11px;fill:#444} text.t{font-size:13px;font-weight:600} "
+    ".g{stroke:#e0e0e0}</style>"
+)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -18,6 +22,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def standalone_svg(svg: str) -> str:
+    """A `report.line_chart` (its bands 95% intervals here) as an SVG file of its own: namespace and style added."""
+    svg = svg.replace(" ± std: ", " ± 95% CI: ")
+    head, sep, rest = svg.partition(">")
+    return head.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1) + sep + SVG_STYLE + rest + "\n"
 
 
 def prompt_list(prompts: Sequence[str], limit: int = 6) -> str:

@@ -44,11 +44,19 @@ def _animals() -> PromptSet:
 def _world(family: str | None) -> Callable[[], PromptSet]:
     """The offline world's prompts: training claims and claims never trained on (held-out phrasings and
     colour–shape pairings). `family` None = the compositional mix of counts and relations; "all" = every family:
-    32 training prompts each of single objects, counts and relations, 8 held-out prompts of each of the four."""
+    32 training prompts each of single objects, counts and relations, 8 held-out prompts of each of the four;
+    "headline" = the held-out plain prompts of the four families that `texforce world ceiling` measured the headroom
+    on (16 each), as an evaluation set (`prompts.eval`: its prompts are its `train` part, as a file's are)."""
 
     def build() -> PromptSet:
         from texforce.world.scenes import family_prompts, heldout_prompts, train_prompts
 
+        if family == "headline":
+            from texforce.world.ceiling import CeilingConfig
+            from texforce.world.ceiling import heldout_prompts as ceiling_prompts
+
+            prompts = tuple(ceiling_prompts(CeilingConfig())[0])
+            return PromptSet("world_headline", prompts, prompts)
         if family is None:
             return PromptSet("world", tuple(train_prompts(16)), tuple(heldout_prompts(32)))
         if family == "all":
@@ -72,6 +80,7 @@ PROMPT_SETS: dict[str, Callable[[], PromptSet]] = {
     "animals": _animals,
     "world": _world(None),
     "world_all": _world("all"),
+    "world_headline": _world("headline"),
     "world_single": _world("single"),
     "world_count": _world("count"),
     "world_relation": _world("relation"),
