@@ -14,7 +14,7 @@ from pathlib import Path
 from texforce.checkpoint import complete_checkpoints
 from texforce.evaluation import AdapterSetup
 from texforce.experiments.harness import Settings, arm_config, evaluate, headline_set, lora, phase, train_arm
-from texforce.experiments.main_job import JUDGES, family_means
+from texforce.experiments.main_job import JUDGES, family_means, headline_judging
 from texforce.experiments.page import prompt_list, standalone_svg, table
 from texforce.report import line_chart
 from texforce.stats import Estimate, estimate
@@ -105,12 +105,9 @@ def efficiency(settings: Settings) -> str:
         ],
         seed_rows,
     )
-    count = {f: families.count(f) for f in dict.fromkeys(families)}
     body += (
-        f"\nJudged by `texforce eval` (deterministic DDIM, {settings.budget.eval_steps} steps) on the held-out plain "
-        f"prompts of every family ({', '.join(f'{f} {n}' for f, n in count.items())}) × {len(seeds)} seeds, the "
-        "prompts and seeds of `texforce world ceiling`.\n\nPrompts: "
-        f"{prompt_list(prompts)}\n"
+        f"\n{headline_judging(settings, families, seeds)}, the prompts and seeds of `texforce world ceiling`.\n\n"
+        f"Prompts: {prompt_list(prompts)}\n"
     )
     return body
 

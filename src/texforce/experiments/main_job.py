@@ -63,6 +63,15 @@ def family_means(settings: Settings, folder: Path, families: dict[str, str]) -> 
     return {key: sum(v) / len(v) for key, v in sums.items()}
 
 
+def headline_judging(settings: Settings, families: list[str], seeds: list[int]) -> str:
+    """The sentence that says how the headline set was judged: sampler, prompts per family, seeds."""
+    count = {f: families.count(f) for f in dict.fromkeys(families)}
+    return (
+        f"Judged by `texforce eval` (deterministic DDIM, {settings.budget.eval_steps} steps) on the held-out plain "
+        f"prompts of every family ({', '.join(f'{f} {n}' for f, n in count.items())}) × {len(seeds)} seeds"
+    )
+
+
 def default(settings: Settings) -> str:
     """Each seed's time and memory against the budget; per family and judge, before → after, mean ± 95% interval of
     the change across training seeds, with its verdict."""
@@ -98,11 +107,9 @@ def default(settings: Settings) -> str:
             table_rows.append([family, f"`{judge}`", f"{base:.4f}", f"{base + change.mean:.4f}", change,
                                verdict(change)])  # fmt: skip
     body += table(["family", "judge", "base", "after (mean of seeds)", "change ± 95% interval", "verdict"], table_rows)
-    count = {f: families.count(f) for f in dict.fromkeys(families)}
     body += (
-        f"\nJudged by `texforce eval` (deterministic DDIM, {settings.budget.eval_steps} steps) on the held-out plain "
-        f"prompts of every family ({', '.join(f'{f} {n}' for f, n in count.items())}) × {len(seeds)} seeds — the "
-        "prompts and seeds of `texforce world ceiling`, so the gain compares with the headroom measured there. "
+        f"\n{headline_judging(settings, families, seeds)} — the prompts and seeds of `texforce world ceiling`, so "
+        "the gain compares with the headroom measured there. "
         f"Interval: across the {len(labels)} training seeds.\n\nPrompts: {prompt_list(prompts)}\n\n"
         "## Grid\n\nOne row per configuration (base, then each seed's adapter), first evaluation seed.\n\n"
         "![held-out](eval_heldout/grid.png)\n"
