@@ -120,31 +120,22 @@ class Policy:
         if self.config.train.use_lora_for_negative and self.config.text_lora.use:
             return self.encode(self.negative_ids.expand(batch_size, -1))
         if self._base_negative is None:
-            with torch.no_grad():
-                self._set_text_adapters(False)
-                try:
-                    self._base_negative = self.encode(self.negative_ids)
-                finally:
-                    self._set_text_adapters(True)
+            with torch.no_grad(), self.frozen():
+                self._base_negative = self.encode(self.negative_ids)
         return self._base_negative.map(lambda t: t.expand(batch_size, *t.shape[1:]))
-
-    def _set_text_adapters(self, enabled: bool) -> None:
-        if self.config.text_lora.use:
-            for encoder in self.text_encoders.values():
-                encoder.enable_adapters() if enabled else encoder.disable_adapters()
 
     @contextmanager
     def frozen(self) -> Iterator[None]:
         """Within the block every adapter is off: the frozen base pipeline (the reference policy of a KL penalty)."""
-        self._set_text_adapters(False)
-        if self.config.unet_lora.use:
-            self.unet.disable_adapters()
+        modules = list(self.text_encoders.values()) if self.config.text_lora.use else []
+        modules += [self.unet] if self.config.unet_lora.use else []
+        for module in modules:
+            module.disable_adapters()
         try:
             yield
         finally:
-            self._set_text_adapters(True)
-            if self.config.unet_lora.use:
-                self.unet.enable_adapters()
+            for module in modules:
+                module.enable_adapters()
 
     def noise_predictor(self, conditioning: Conditioning, negative: Conditioning | None) -> NoisePredictor:
         return guided_noise_fn(self.unet, conditioning, negative, self.config.sample.guidance_scale)
