@@ -105,6 +105,14 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def checkpoint_epoch(checkpoint: Path) -> int:
+    """The epoch a checkpoint folder (`checkpoint_{epoch:05d}`) was written after."""
+    match = _NAME.match(checkpoint.name)
+    if match is None:
+        raise ValueError(f"{checkpoint} is not a checkpoint folder")
+    return int(match.group(1))
+
+
 def resume_hint(run_dir: Path) -> str:
     """What is true of a run folder's checkpoints, for the messages of a run that stops: resume, or start again."""
     if complete_checkpoints(run_dir):

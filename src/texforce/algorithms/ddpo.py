@@ -30,6 +30,11 @@ GRID_SIZE = 16
 Reference = tuple[Conditioning, Conditioning | None]  # the frozen policy's conditioning and negative
 
 
+def repeat_rows(conditioning: Conditioning | None, k: int) -> Conditioning | None:
+    """The conditioning of b rows stacked k times (row i·b + r is row r), as a U-Net call over k steps needs."""
+    return None if conditioning is None else conditioning.map(lambda t: t.repeat(k, *[1] * (t.ndim - 1)))
+
+
 @dataclass
 class DDPOConfig:
     """DDPO (Black et al. 2023), TexForce's algorithm: PPO's clipped ratio over the recorded denoising chains."""
@@ -246,7 +251,7 @@ class DDPO:
             chunk = steps[:, start : start + self.ddpo.timesteps_per_call]  # (b, k): row i·b + r is sample r's i-th
             k = chunk.shape[1]
             step, batch_rows = chunk.T.reshape(-1), rows.repeat(k)
-            stacked = [None if e is None else e.map(lambda t, k=k: t.repeat(k, *[1] * (t.ndim - 1))) for e in leaves]
+            stacked = [repeat_rows(e, k) for e in leaves]
             latents = trajectory.latents[batch_rows, step].to(device)
             next_latents = trajectory.latents[batch_rows, step + 1].to(device)
             timesteps = trajectory.timesteps[step].to(device)
@@ -292,9 +297,7 @@ class DDPO:
     ) -> torch.Tensor:
         """The frozen policy's step mean for the micro-batch's rows stacked `k` times (as the trained call)."""
         policy, eta = self.trainer.policy, self.trainer.config.sample.eta
-        embeds, negative = (
-            None if e is None else e.map(lambda t: t.repeat(k, *[1] * (t.ndim - 1))) for e in reference
-        )
+        embeds, negative = (repeat_rows(e, k) for e in reference)
         with policy.frozen():
             noise_pred = policy.noise_predictor(embeds, negative)(latents, timesteps)
         return ddim_step(policy.scheduler, noise_pred, timesteps, latents, eta)[0]

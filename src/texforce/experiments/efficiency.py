@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from texforce.checkpoint import complete_checkpoints
+from texforce.checkpoint import checkpoint_epoch, complete_checkpoints
 from texforce.evaluation import AdapterSetup
 from texforce.experiments.harness import Settings, arm_config, evaluate, headline_set, lora, phase, train_arm
 from texforce.experiments.main_job import JUDGES, family_means, headline_judging
@@ -35,9 +35,8 @@ def curve_points(run: Path, samples_per_epoch: int) -> list[tuple[int, Path]]:
     """(samples seen, adapters) of a finished run: each kept checkpoint's, the last replaced by the run's final
     adapters (the same weights, or their moving average with `train.ema_decay`)."""
     checkpoints = complete_checkpoints(run)
-    points = [(int(c.name.rsplit("_", 1)[1]) * samples_per_epoch, c / "lora") for c in checkpoints[:-1]]
-    final_epoch = int(checkpoints[-1].name.rsplit("_", 1)[1])
-    return [*points, (final_epoch * samples_per_epoch, lora(run))]
+    points = [(checkpoint_epoch(c) * samples_per_epoch, c / "lora") for c in checkpoints[:-1]]
+    return [*points, (checkpoint_epoch(checkpoints[-1]) * samples_per_epoch, lora(run))]
 
 
 def samples_to_reach(curve: dict[int, Estimate], target: float) -> str:
