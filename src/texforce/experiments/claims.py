@@ -78,6 +78,7 @@ def methods(settings: Settings) -> str:
         ("U-Net LoRA vs base, held-out alignment", compare(h["unet"], h["base"])),
         ("stacked vs the better single adapter, held-out", compare(h["stacked"], max(h["text"], h["unet"], key=_m))),
         ("joint vs stacked, held-out", compare(h["joint"], h["stacked"])),
+        ("held-out gain, text LoRA vs U-Net LoRA (no clear difference = equal gain)", compare(h["text"], h["unet"])),
         (
             "semantics: change on `single`, text LoRA vs U-Net LoRA",
             compare(_delta(s["text"], s["base"]), _delta(s["unet"], s["base"])),
