@@ -4,6 +4,8 @@ loop's compute pattern in one run; and what the speed options and direct reward 
     python -m benchmarks.speed --arch sd15 --sample-batch 32       # on a GPU: SD-1.x, 512², 50 DDIM steps, CFG
     python -m benchmarks.speed --arch sd15 --modes reference,compile   # torch.compile'd U-Net, compile time too
     python -m benchmarks.speed --arch sdxl --sample-batch 8 --train-batch 4   # SDXL, 1024², two text encoders
+    python -m benchmarks.speed --arch sd35-medium --modes texforce,backprop --steps 28 --sample-batch 4   # SD3.5
+    python -m benchmarks.speed --arch flux-dev --modes texforce,backprop --steps 28 --sample-batch 2      # FLUX.1
     python -m benchmarks.speed --smoke                             # tiny model on the CPU (CI runs this)
 
 Modes (--modes, comma-separated; default reference,texforce,backprop):
@@ -43,7 +45,7 @@ from benchmarks.timing import append_json_lines, timed_calls
 from texforce.models import attention_kernels
 from texforce.run_config import load_config
 from texforce.runlog import RunLogger
-from texforce.sampling import Trajectory, ddim_step_with_logprob, guided_noise_fn
+from texforce.sampling import Trajectory, guided_noise_fn, step_with_logprob
 from texforce.trainer import Trainer, epoch_generator
 
 PROMPT = "A photo of a hand"
@@ -87,11 +89,11 @@ def reference_update(trainer: Trainer, trajectory, rows: torch.Tensor, steps: to
     for j in range(steps.shape[1]):
         with autocast:
             embeds = policy.encode(trajectory.prompt_ids[rows])
-            negative = policy.encode(policy.negative_ids.expand(len(rows), -1))
-            predict = guided_noise_fn(policy.unet, embeds, negative, c.sample.guidance_scale)
+            negative = policy.encode(policy.negative_ids.expand(len(rows), -1)) if policy.uses_guidance else None
+            predict = guided_noise_fn(policy.denoiser, embeds, negative, c.sample.guidance_scale)
             step = steps[:, j]
             latents = trajectory.latents[rows, step].to(trainer.device)
-            _, log_probs = ddim_step_with_logprob(
+            _, log_probs = step_with_logprob(
                 policy.scheduler, predict(latents, trajectory.timesteps[step].to(trainer.device)),
                 trajectory.timesteps[step].to(trainer.device), latents, c.sample.eta,
                 prev_sample=trajectory.latents[rows, step + 1].to(trainer.device),
@@ -103,13 +105,13 @@ def reference_update(trainer: Trainer, trajectory, rows: torch.Tensor, steps: to
 def compiled_difference(trainer: Trainer, trajectory: Trajectory) -> float:
     """‖compiled − plain‖ / ‖plain‖ of one guided U-Net call of the sampling batch (the compiled graph's shape):
     `unet.forward` runs the module eagerly, `unet(...)` the compiled graph."""
-    policy, dtype = trainer.policy, trainer.policy.unet.dtype
+    policy, dtype = trainer.policy, trainer.policy.denoiser.dtype
     ids = trajectory.prompt_ids.to(trainer.device)
-    kwargs = policy.encode(ids).unet_kwargs(dtype, policy.negative_embeds(len(ids)))
+    kwargs = policy.encode(ids).after(policy.negative_embeds(len(ids))).unet_kwargs(dtype)
     latents = trajectory.latents[:, 0].to(trainer.device, dtype).repeat(2, 1, 1, 1)
     timesteps = trajectory.timesteps[:1].to(trainer.device).expand(len(latents))
-    compiled = policy.unet(latents, timesteps, **kwargs).sample.float()
-    plain = policy.unet.forward(latents, timesteps, **kwargs).sample.float()
+    compiled = policy.denoiser(latents, timesteps, **kwargs).sample.float()
+    plain = policy.denoiser.forward(latents, timesteps, **kwargs).sample.float()
     return float((compiled - plain).norm() / plain.norm())
 
 
@@ -118,7 +120,7 @@ def common_fields(mode: str, base: str, trainer: Trainer, args: argparse.Namespa
     return {
         "mode": mode,
         "model": base,
-        "dtype": str(trainer.policy.unet.dtype).removeprefix("torch."),
+        "dtype": str(trainer.policy.denoiser.dtype).removeprefix("torch."),
         "options": {"attention": model.attention, "channels_last": model.channels_last, "compile": model.compile},
         "attention_kernels": attention_kernels(trainer.policy.pipe),
         "steps": args.steps,
@@ -211,10 +213,23 @@ def measure_backprop(args: argparse.Namespace, base: str, tmp: str) -> list[dict
     ]
 
 
+# --arch: the true architecture `texforce/ARCH-random`; with --smoke the tiny model of its family
+SMOKE_MODELS = {
+    "sd15": "texforce/tiny-random",
+    "sd21": "texforce/tiny-random",
+    "sdxl": "texforce/tiny-sdxl-random",
+    "sd35-medium": "texforce/tiny-sd3-random",
+    "sd35-large": "texforce/tiny-sd3-random",
+    "flux-dev": "texforce/tiny-flux-random",
+    "flux-schnell": "texforce/tiny-flux-random",
+}
+FLOW_ARCHS = ("sd35-medium", "sd35-large", "flux-dev", "flux-schnell")  # transformers: no compile-difference check
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m benchmarks.speed`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["sd15", "sd21", "sdxl"], default="sd15")
+    parser.add_argument("--arch", choices=list(SMOKE_MODELS), default="sd15")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the harness, not speed")
     parser.add_argument("--modes", default="reference,texforce,backprop", help=f"comma-separated: {', '.join(MODES)}")
     parser.add_argument("--steps", type=int, default=50)
@@ -232,11 +247,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     modes = args.modes.split(",")
     if unknown := set(modes) - set(MODES):
         parser.error(f"unknown modes {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+    if "compile" in modes and args.arch in FLOW_ARCHS:
+        parser.error("the compile mode compares U-Net calls; run it with --arch sd15, sd21 or sdxl")
     if args.smoke:
         args.steps, args.sample_batch, args.train_batch, args.backprop_batch = 4, 4, 2, 2
-    base = f"texforce/{args.arch}-random"
-    if args.smoke:
-        base = "texforce/tiny-sdxl-random" if args.arch == "sdxl" else "texforce/tiny-random"
+    base = SMOKE_MODELS[args.arch] if args.smoke else f"texforce/{args.arch}-random"
     figures, reference = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:

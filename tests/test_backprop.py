@@ -27,7 +27,7 @@ def make_trainer(model_dir, tmp_path, **extra) -> Trainer:
     trainer.setup()
     with torch.no_grad():  # move off the zero-B init so that every gradient is generic
         generator = torch.Generator().manual_seed(3)
-        for module in (*trainer.policy.text_encoders.values(), trainer.policy.unet):
+        for module in (*trainer.policy.text_encoders.values(), trainer.policy.denoiser):
             for name, param in module.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.05, generator=generator)
@@ -43,7 +43,7 @@ def reference_gradients(trainer: Trainer, num_grad_steps: int, seed: int) -> lis
     c, policy = trainer.config, trainer.policy
     ids = policy.tokenize(PROMPTS)
     predict = guided_noise_fn(
-        policy.unet, policy.encode(ids), policy.negative_embeds(len(PROMPTS)), c.sample.guidance_scale
+        policy.denoiser, policy.encode(ids), policy.negative_embeds(len(PROMPTS)), c.sample.guidance_scale
     )
     latents = policy.initial_noise(len(PROMPTS), torch.Generator().manual_seed(seed))
     scheduler = policy.scheduler

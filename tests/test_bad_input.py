@@ -199,7 +199,7 @@ def adapters(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
             for param_name, param in pipe.text_encoder.named_parameters():
                 if "lora_B" in param_name:
                     param.fill_(0.01)
-        save_adapters(root / name, pipe.text_encoder, None, str(base))
+        save_adapters(root / name, {"text_encoder": pipe.text_encoder}, str(base))
         made[name] = root / name
     return made
 

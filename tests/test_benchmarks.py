@@ -7,15 +7,18 @@ import pytest
 import torch
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "sd35-medium", "flux-dev"])
 def test_speed_benchmark_smoke(arch):
     module = importlib.import_module("benchmarks.speed")
     figures = module.main(["--smoke", "--arch", arch])
-    assert {f["model"] for f in figures} == {"texforce/tiny-sdxl-random" if arch == "sdxl" else "texforce/tiny-random"}
+    assert {f["model"] for f in figures} == {module.SMOKE_MODELS[arch]}
     assert {(f["mode"], f["figure"]) for f in figures} >= {("reference", "sampling"), ("texforce", "ppo_update")}
     assert all(f["value"] > 0 for f in figures if f["figure"] != "peak_memory")
     assert all("ratio_to_reference" in f for f in figures if f["mode"] == "texforce" and f["value"])
-    assert {f["attention_kernels"]["unet"] for f in figures} == {"AttnProcessor2_0"}
+    denoiser = "transformer" if arch in module.FLOW_ARCHS else "unet"
+    assert all(f["attention_kernels"][denoiser] for f in figures)
+    if denoiser == "unet":
+        assert {f["attention_kernels"]["unet"] for f in figures} == {"AttnProcessor2_0"}
     memory = next(f for f in figures if f["figure"] == "backprop_memory")
     assert memory["num_grad_steps"] == 1 and memory["gradient_checkpointing"] and "peak RSS" in memory["unit"]
 

@@ -13,7 +13,7 @@ from texforce.ema import ParameterEMA
 from texforce.errors import TexforceError
 from texforce.run import train_run
 from texforce.run_config import load_config
-from texforce.sampling import ddim_step, ddim_step_with_logprob, sample_latents, step_kl
+from texforce.sampling import ddim_step, sample_latents, step_kl, step_with_logprob
 
 
 def perturb_lora(trainer, std: float = 0.05) -> None:
@@ -47,7 +47,7 @@ def test_window_steps_are_deterministic_outside_the_window():
         x = latents[:, i]
         output = 0.3 * x + 0.01 * t.float()
         if i in window:
-            _, log_prob = ddim_step_with_logprob(scheduler, output, t, x, 1.0, prev_sample=latents[:, i + 1])
+            _, log_prob = step_with_logprob(scheduler, output, t, x, 1.0, prev_sample=latents[:, i + 1])
             torch.testing.assert_close(log_probs[:, i], log_prob)
             assert torch.isfinite(log_prob).all()
         else:  # the eta-0 DDIM step from the previous latent, no noise, log-prob recorded as 0

@@ -27,8 +27,8 @@ def adapters(tiny_model_dir, tmp_path_factory):
             for name, param in module.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
-    save_adapters(root / "text", pipe.text_encoder, None, str(tiny_model_dir))
-    save_adapters(root / "unet", None, pipe.unet, str(tiny_model_dir))
+    save_adapters(root / "text", {"text_encoder": pipe.text_encoder}, str(tiny_model_dir))
+    save_adapters(root / "unet", {"unet": pipe.unet}, str(tiny_model_dir))
     return root / "text", root / "unet"
 
 

@@ -45,7 +45,7 @@ def images(pipe):
 def saved(tmp_path_factory):
     pipe = trained_pipeline()
     folder = tmp_path_factory.mktemp("adapters")
-    save_adapters(folder, pipe.text_encoder, pipe.unet, "texforce/tiny-random")
+    save_adapters(folder, {"text_encoder": pipe.text_encoder, "unet": pipe.unet}, "texforce/tiny-random")
     return pipe, folder
 
 
@@ -147,7 +147,7 @@ def test_fuse_is_the_exact_weighted_sum_of_updates(tmp_path):
     for i, pipe in enumerate(pipes):
         delta = embed(pipe) - embed(base)
         assert delta.abs().max() > 0
-        save_adapters(tmp_path / f"a{i}", pipe.text_encoder, None, "texforce/tiny-random")
+        save_adapters(tmp_path / f"a{i}", {"text_encoder": pipe.text_encoder}, "texforce/tiny-random")
         load_adapter(base, tmp_path / f"a{i}", "text_encoder", adapter_name=f"a{i}")
     fuse_adapters(base.text_encoder, ["a0", "a1"], weights)
     base.text_encoder.set_adapter("fused")

@@ -63,7 +63,8 @@ def test_random_sdxl_has_the_published_sizes():
 
 def test_built_in_names_and_foreign_pipelines(tmp_path):
     assert {"texforce/tiny-random", "texforce/tiny-sdxl-random", "texforce/sdxl-random"} <= BUILT_IN.keys()
+    assert type(load_pipeline("texforce/tiny-sd3-random")).__name__ == "StableDiffusion3Pipeline"
     assert type(load_pipeline("texforce/tiny-sdxl-random")).__name__ == "StableDiffusionXLPipeline"
-    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
-    with pytest.raises(TexforceError, match=r"texforce trains StableDiffusionPipeline and .* this one is a FluxPipe"):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "KandinskyV22Pipeline"}')
+    with pytest.raises(TexforceError, match=r"texforce trains StableDiffusionPipeline and .* this one is a Kandinsky"):
         load_pipeline(str(tmp_path))

@@ -21,7 +21,7 @@ def two_adapters(tiny_model_dir, tmp_path_factory):
     for name in ("a", "b"):
         pipe = load_pipeline(str(tiny_model_dir))
         add_lora(pipe.text_encoder, LoraConfig(rank=4, alpha=4), seed=0)
-        save_adapters(root / name, pipe.text_encoder, None, str(tiny_model_dir))
+        save_adapters(root / name, {"text_encoder": pipe.text_encoder}, str(tiny_model_dir))
     return root
 
 

@@ -148,7 +148,7 @@ def test_per_encoder_lora_settings(tiny_sdxl_dir, tiny_model_dir, tmp_path):
     policy = make_policy(tiny_sdxl_dir, tmp_path, text_lora__rank=8, text_lora_2__rank=4, text_lora_2__alpha=2)
     configs = [encoder.peft_config["default"] for encoder in policy.text_encoders.values()]
     assert [(c.r, c.lora_alpha) for c in configs] == [(8, 16.0), (4, 2.0)]
-    with pytest.raises(TexforceError, match=r"text_lora_2 sets SDXL's second text encoder; .* has only one"):
+    with pytest.raises(TexforceError, match=r"text_lora_2 sets the second CLIP text encoder .* has only one"):
         make_policy(tiny_model_dir, tmp_path, text_lora_2__rank=4)
 
 

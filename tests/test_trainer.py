@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from texforce.run import train_run
 from texforce.run_config import load_config
 from texforce.runlog import RunLogger
-from texforce.sampling import ddim_step_with_logprob, guided_noise_fn
+from texforce.sampling import guided_noise_fn, step_with_logprob
 from texforce.trainer import Trainer, epoch_generator
 
 
@@ -39,7 +39,7 @@ def test_ratio_is_one_on_policy_and_only_lora_gets_gradients(tiny_model_dir, tmp
     policy = trainer.policy
     modules = [
         *((encoder, True) for encoder in policy.text_encoders.values()),
-        (policy.unet, joint),
+        (policy.denoiser, joint),
         (policy.vae, False),
     ]
     for module, trained in modules:
@@ -57,10 +57,10 @@ def plain_loop_gradients(trainer, trajectory, advantages, rows, steps):
     for j in range(steps.shape[1]):
         embeds = policy.encode(trajectory.prompt_ids[rows])
         negative = policy.negative_embeds(len(rows))
-        predict = guided_noise_fn(policy.unet, embeds, negative, c.sample.guidance_scale)
+        predict = guided_noise_fn(policy.denoiser, embeds, negative, c.sample.guidance_scale)
         step = steps[:, j]
         latents = trajectory.latents[rows, step]
-        _, log_probs = ddim_step_with_logprob(
+        _, log_probs = step_with_logprob(
             policy.scheduler,
             predict(latents, trajectory.timesteps[step]),
             trajectory.timesteps[step],
@@ -98,7 +98,7 @@ def test_encode_once_equals_plain_loop(tiny_model_dir, tiny_sdxl_dir, tmp_path, 
     assert len(trainer.policy.text_encoders) == (2 if model == "sdxl" else 1)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():  # move off the zero-B init so that every gradient is generic
-        for module in (*trainer.policy.text_encoders.values(), trainer.policy.unet):
+        for module in (*trainer.policy.text_encoders.values(), trainer.policy.denoiser):
             for name, param in module.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.05, generator=generator)
@@ -124,12 +124,12 @@ def policy_log_probs(trainer, trajectory) -> torch.Tensor:
     """Log-probs (N, T) of the recorded chains under the current policy."""
     c, n, policy = trainer.config, len(trajectory.prompts), trainer.policy
     predict = guided_noise_fn(
-        policy.unet, policy.encode(trajectory.prompt_ids), policy.negative_embeds(n), c.sample.guidance_scale
+        policy.denoiser, policy.encode(trajectory.prompt_ids), policy.negative_embeds(n), c.sample.guidance_scale
     )
     columns = []
     for t in range(trajectory.log_probs.shape[1]):
         timesteps, latents = trajectory.timesteps[torch.full((n,), t)], trajectory.latents[:, t]
-        _, log_probs = ddim_step_with_logprob(
+        _, log_probs = step_with_logprob(
             policy.scheduler,
             predict(latents, timesteps),
             timesteps,

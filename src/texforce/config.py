@@ -16,6 +16,7 @@ from texforce.config_schema import option
 
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+T5_LORA_TARGETS = ["q", "k", "v", "o"]  # T5's attention; its feed-forward is wi_0, wi_1, wo
 
 
 @dataclass
@@ -36,6 +37,9 @@ class ModelConfig:
     )
     channels_last: bool = option(False, "U-Net and VAE weights in channels-last memory format (faster on GPUs)")
     compile: bool = option(False, "torch.compile the U-Net (compiled at its first call: minutes for SD on a GPU)")
+    max_sequence_length: int | None = option(
+        None, "T5 tokens per prompt (SD3, FLUX); unset: the pipeline's default (SD3 256, FLUX 512)", bounds=">= 1"
+    )
 
 
 @dataclass
@@ -55,6 +59,17 @@ class LoraConfig:
 
 
 @dataclass
+class TextLoraConfig(LoraConfig):
+    """The text encoders' adapter (TexForce's): on every CLIP text encoder, and on T5 (SD3, FLUX) when asked."""
+
+    t5: bool = option(False, "also train an adapter on the T5 encoder of SD3 / FLUX (same rank, alpha and lr)")
+    t5_target_modules: list[str] = option(
+        help="T5 modules that get an adapter (non-empty; add wi_0, wi_1, wo for the feed-forward)",
+        factory=lambda: list(T5_LORA_TARGETS),
+    )
+
+
+@dataclass
 class UNetLoraConfig(LoraConfig):
     """The optional U-Net adapter (for comparison with, or joint training beside, the text encoder's)."""
 
@@ -66,7 +81,8 @@ class UNetLoraConfig(LoraConfig):
 
 @dataclass
 class TextLora2Config:
-    """SDXL's second text encoder (OpenCLIP bigG): `text_lora` applies to it too, except what is set here."""
+    """The second CLIP text encoder (SDXL's and SD3's OpenCLIP bigG): `text_lora` applies to it too, except what is
+    set here."""
 
     rank: int | None = option(None, "rank of the second encoder's adapter; unset: text_lora.rank", bounds=">= 1")
     alpha: float | None = option(None, "its alpha; unset: text_lora.alpha", bounds="> 0")
@@ -78,7 +94,11 @@ class SampleConfig:
     """The DDIM sampler that generates the images (and, for DDPO, the recorded chains) each epoch learns from."""
 
     num_steps: int = option(50, "DDIM steps per image", bounds=">= 1")
-    eta: float = option(1.0, "DDIM eta: 1 is stochastic (DDPO needs > 0), 0 deterministic", bounds=">= 0")
+    eta: float = option(
+        1.0,
+        "DDIM eta (flow models: the SDE's noise level): > 0 is stochastic (DDPO needs it), 0 deterministic",
+        bounds=">= 0",
+    )
     guidance_scale: float = option(7.5, "classifier-free guidance scale (<= 1: no guidance)", bounds=">= 0")
     negative_prompt: str = option("", "the negative prompt of classifier-free guidance")
     resolution: int | None = option(None, "image size in pixels (a multiple of 8); unset: the model's native size")
@@ -153,7 +173,7 @@ class SharedConfig:
     checkpoint_every: int = option(1, "epochs between checkpoints", bounds=">= 1")
     keep_checkpoints: int = option(2, "checkpoints kept (the oldest go)", bounds=">= 1")
     model: ModelConfig = option(factory=ModelConfig)
-    text_lora: LoraConfig = option(factory=LoraConfig)
+    text_lora: TextLoraConfig = option(factory=TextLoraConfig)
     text_lora_2: TextLora2Config = option(factory=TextLora2Config)
     unet_lora: UNetLoraConfig = option(factory=UNetLoraConfig)
     sample: SampleConfig = option(factory=SampleConfig)
@@ -169,6 +189,10 @@ class SharedConfig:
             return self.text_lora
         overrides = {k: v for k, v in dataclasses.asdict(self.text_lora_2).items() if v is not None}
         return dataclasses.replace(self.text_lora, **overrides)
+
+    def t5_lora(self) -> LoraConfig:
+        """The adapter of a T5 encoder (SD3's, FLUX's): `text_lora` on `text_lora.t5_target_modules`."""
+        return dataclasses.replace(self.text_lora, target_modules=list(self.text_lora.t5_target_modules))
 
     @property
     def samples_per_epoch_per_device(self) -> int:

@@ -100,7 +100,7 @@ def check_adapters(base: str, setups: Sequence[AdapterSetup]) -> None:
 def render(setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequence[int], args: dict) -> torch.Tensor:
     """Images (len(seeds) * len(prompts), 3, H, W) in [0, 1], seed-major, from a fresh pipeline + adapters."""
     from texforce.config import ModelConfig
-    from texforce.models import prepare_pipeline
+    from texforce.models import call_options, prepare_pipeline
 
     device = args["device"]
     pipe = prepare_pipeline(ModelConfig(base=base, dtype=args["dtype"]), device)
@@ -111,12 +111,11 @@ def render(setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequen
         generators = [torch.Generator().manual_seed(seed) for _ in prompts]
         output = pipe(
             list(prompts),
-            negative_prompt=[""] * len(prompts),  # encoded as in training (SDXL would otherwise use zeros)
             num_inference_steps=args["steps"],
             guidance_scale=args["guidance_scale"],
-            eta=0.0,
             generator=generators,
             output_type="pt",
+            **call_options(pipe, [""] * len(prompts), 0.0),  # "" encoded as in training (SDXL would use zeros)
         )
         images.append(output.images.float().cpu())
     return torch.cat(images)

@@ -1,10 +1,15 @@
 """LoRA adapters on disk: save in both diffusers and PEFT formats, load either (ours or others'), fuse.
 
 Layout of an exported adapter folder (`RUN/lora`, and inside every checkpoint):
-    pytorch_lora_weights.safetensors  diffusers: `pipe.load_lora_weights(folder)` (SD or SDXL); alpha kept as metadata
+    pytorch_lora_weights.safetensors  diffusers: `pipe.load_lora_weights(folder)` (SD, SDXL, SD3, FLUX); the CLIP
+                                      encoders' and the U-Net's adapters, alpha kept as metadata
     text_encoder/                     PEFT: `PeftModel.from_pretrained(pipe.text_encoder, folder / "text_encoder")`
-    text_encoder_2/                   PEFT, SDXL's second text encoder
+    text_encoder_2/                   PEFT, the second text encoder (SDXL's and SD3's OpenCLIP, FLUX's T5)
+    text_encoder_3/                   PEFT, SD3's T5
     unet/                             PEFT, only when a U-Net adapter was trained
+
+A T5 adapter is in its PEFT folder only: diffusers' SD3 and FLUX loaders read no T5 keys (they would silently skip
+them), so `texforce`'s loader (`load_text_adapters`) or PEFT loads it.
 
 The diffusers file uses the canonical key layout, `text_encoder.text_model.encoder.layers.…` (transformers 5's
 `CLIPTextModel` has no `text_model` level, older stacks need it; diffusers reads both), and only the LoRA metadata
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -27,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
 from texforce.errors import TexforceError
-from texforce.models import TEXT_ENCODERS, text_encoders
+from texforce.models import TEXT_ENCODERS, is_t5, text_encoders
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -64,25 +69,28 @@ def canonical_lora_layers(module: torch.nn.Module, adapter_name: str = "default"
 
 def save_adapters(
     folder: Path,
-    text_encoder: torch.nn.Module | None,
-    unet: torch.nn.Module | None,
+    modules: Mapping[str, torch.nn.Module],
     base_model: str,
     adapter_name: str = "default",
-    text_encoder_2: torch.nn.Module | None = None,
+    pipeline_class: type[DiffusionPipeline] | None = None,
 ) -> None:
-    """Save adapter `adapter_name` of the given modules (SDXL: `text_encoder_2` too) in both formats into `folder`."""
+    """Save adapter `adapter_name` of `modules` (by component name: `text_encoder`, `text_encoder_2`,
+    `text_encoder_3`, `unet`) in both formats into `folder`: a PEFT folder each, and the diffusers file of
+    `pipeline_class` (default: SDXL's when there is a `text_encoder_2`, else SD's) for all but a T5."""
     folder.mkdir(parents=True, exist_ok=True)
     layers, metadata = {}, {}
-    for name, module in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2), ("unet", unet)):
-        if module is None:
+    for name, module in modules.items():
+        save_peft_adapter(module, folder / name, base_model, adapter_name)
+        if is_t5(module):
             continue
         layers[f"{name}_lora_layers"] = canonical_lora_layers(module, adapter_name)
         config = lora_config_of(module, adapter_name).to_dict()
         config["target_modules"] = sorted(config["target_modules"])
         metadata[f"{name}_lora_adapter_metadata"] = {key: config[key] for key in PORTABLE_LORA_FIELDS}
-        save_peft_adapter(module, folder / name, base_model, adapter_name)
-    pipeline_class = StableDiffusionXLPipeline if text_encoder_2 is not None else StableDiffusionPipeline
-    pipeline_class.save_lora_weights(folder, **layers, **metadata)
+    if pipeline_class is None:
+        pipeline_class = StableDiffusionXLPipeline if "text_encoder_2" in modules else StableDiffusionPipeline
+    if layers:
+        pipeline_class.save_lora_weights(folder, **layers, **metadata)
 
 
 def save_pipeline(pipe: DiffusionPipeline, folder: Path) -> None:
@@ -126,7 +134,7 @@ def _diffusers_file(path: Path) -> Path | None:
 def _peft_folder(path: Path, component: str) -> Path | None:
     """The PEFT folder of `component` under a user-given path; a bare PEFT folder is the (first) text encoder's or
     the U-Net's, as `PeftModel.from_pretrained(pipe.text_encoder, folder)` reads the official releases."""
-    own = [] if component == "text_encoder_2" else [path]
+    own = [path] if component in ("text_encoder", "unet") else []
     for candidate in (*own, path / component, path / "lora" / component):
         if (candidate / PEFT_CONFIG).is_file():
             return candidate
@@ -266,8 +274,8 @@ def load_text_adapters(
     pipe: DiffusionPipeline, path: str | Path, adapter_name: str = "default", base: str | None = None
 ) -> list[str]:
     """Load a text-encoder LoRA (`--text-lora`) into each text encoder of `pipe` it holds weights for: SD's one,
-    SDXL's two. Reads our folders and runs, PEFT folders (the official `sd-turbo_texforce`) and diffusers files
-    (the official `sdxl-turbo_texforce`). Returns the components loaded."""
+    SDXL's two, SD3's two CLIPs and T5, FLUX's CLIP and T5. Reads our folders and runs, PEFT folders (the official
+    `sd-turbo_texforce`) and diffusers files (the official `sdxl-turbo_texforce`). Returns the components loaded."""
     path = _existing(path)
     loaded = [c for c in text_encoders(pipe) if _load_component(pipe, path, c, adapter_name, base) is not None]
     if not loaded:
@@ -308,8 +316,8 @@ def fuse_adapters(module: torch.nn.Module, adapter_names: Sequence[str], weights
 
 
 def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Sequence[float], output: Path) -> Path:
-    """`texforce fuse`: load text-encoder adapters of `base` (SDXL: of both encoders), fuse them, save the result in
-    both formats.
+    """`texforce fuse`: load text-encoder adapters of `base` (of each text encoder they cover), fuse them, save the
+    result in both formats.
 
     Written to a temporary folder first, so `output` is either complete or absent.
     """
@@ -324,12 +332,7 @@ def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Seque
     for component in covered[0]:
         fuse_adapters(getattr(pipe, component), names, weights)
     fused = {component: getattr(pipe, component) for component in covered[0]}
-
-    def write(folder: Path) -> None:
-        second = fused.get("text_encoder_2")
-        save_adapters(folder, fused.get("text_encoder"), None, base, "fused", text_encoder_2=second)
-
-    write_folder_atomically(output, write)
+    write_folder_atomically(output, lambda folder: save_adapters(folder, fused, base, "fused", type(pipe)))
     return output
 
 

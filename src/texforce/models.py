@@ -1,6 +1,9 @@
-"""Base models: load a Stable Diffusion or SDXL pipeline (hub id, local folder or a built-in), freeze it, add LoRA.
+"""Base models: load a Stable Diffusion, SDXL, SD3 / SD3.5 or FLUX.1 pipeline (hub id, local folder or a built-in),
+freeze it, add LoRA.
 
-Built-ins come from `architectures.py` (random weights) and `texforce.world` (the offline world's model).
+Built-ins come from `architectures.py` and `flow_architectures.py` (random weights) and `texforce.world` (the
+offline world's model). SD and SDXL denoise with a U-Net on DDIM; SD3 and FLUX with a transformer on flow matching
+(`denoiser` gives either).
 
 The frozen parts are kept in half precision on a GPU (bf16 or fp16) and in fp32 on the CPU; trainable
 LoRA weights are always fp32, as diffusers' own LoRA training scripts keep them. `model.attention`,
@@ -14,7 +17,14 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig as PeftLoraConfig
@@ -22,6 +32,8 @@ from peft import LoraConfig as PeftLoraConfig
 from texforce.architectures import BUILT_IN
 from texforce.config import LoraConfig, ModelConfig
 from texforce.errors import TexforceError
+from texforce.flow_architectures import FLOW_BUILT_IN
+from texforce.sampling import FluxScheduler
 
 WORLD = "texforce/world"  # the offline world's own Stable Diffusion, shipped in the package
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -46,16 +58,20 @@ def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
-    """Load a `StableDiffusionPipeline` or `StableDiffusionXLPipeline` from a hub id, a local folder or a built-in
-    name, in fp32 on the CPU, with a DDIM scheduler that keeps the model's own timestep spacing (SD-Turbo's and
-    SDXL-Turbo's `trailing`).
+    """Load a Stable Diffusion, SDXL, SD3 or FLUX pipeline from a hub id, a local folder or a built-in name, in fp32
+    on the CPU. SD and SDXL get a DDIM scheduler that keeps the model's own timestep spacing (SD-Turbo's and
+    SDXL-Turbo's `trailing`); SD3 and FLUX keep their flow-matching scheduler.
 
-    Built-ins: `texforce/world` (the offline world's model), `texforce/tiny-random` and `texforce/tiny-sdxl-random`
-    (a few MB, random), `texforce/sd15-random`, `texforce/sd21-random`, `texforce/sdxl-random` (true architectures,
+    Built-ins: `texforce/world` (the offline world's model), `texforce/tiny-random`, `texforce/tiny-sdxl-random`,
+    `texforce/tiny-sd3-random`, `texforce/tiny-flux-random` (a few MB, random), `texforce/sd15-random`,
+    `texforce/sd21-random`, `texforce/sdxl-random`, `texforce/sd3-medium-random`, `texforce/sd35-medium-random`,
+    `texforce/sd35-large-random`, `texforce/flux-dev-random`, `texforce/flux-schnell-random` (true architectures,
     random weights).
     """
     if base in BUILT_IN:
         return BUILT_IN[base]()
+    if base in FLOW_BUILT_IN:
+        return with_sampling_scheduler(FLOW_BUILT_IN[base]())
     if base == WORLD:
         from texforce.world import MODEL_DIR
 
@@ -79,27 +95,65 @@ def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
             f"on a machine with internet run `hf download {base}` (then copy the cache), "
             f"or pass a local folder saved with `pipe.save_pretrained(folder)`"
         ) from None
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # keeps timestep_spacing, steps_offset, …
+    return with_sampling_scheduler(pipe)
+
+
+def with_sampling_scheduler(pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """`pipe` with the scheduler texforce samples by: SD's and SDXL's as DDIM (keeping timestep_spacing,
+    steps_offset, …), FLUX's marked as FLUX's (`FluxScheduler`), SD3's as it is."""
+    if isinstance(pipe, FluxPipeline):
+        pipe.scheduler = FluxScheduler.from_config(pipe.scheduler.config)
+    elif not is_flow_pipeline(pipe):
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
 
 
-PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+FLOW_PIPELINES = (StableDiffusion3Pipeline, FluxPipeline)
+PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline, *FLOW_PIPELINES)}
+
+
+def is_flow_pipeline(pipe: DiffusionPipeline) -> bool:
+    """SD3 / SD3.5 or FLUX: a transformer on flow matching (else SD / SDXL: a U-Net on DDIM)."""
+    return isinstance(pipe, FLOW_PIPELINES)
+
+
+def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
+    """The model that denoises: SD's and SDXL's U-Net, SD3's and FLUX's transformer."""
+    return pipe.transformer if is_flow_pipeline(pipe) else pipe.unet
+
+
+def call_options(pipe: DiffusionPipeline, negative_prompt: str | list[str], eta: float) -> dict:
+    """The keyword arguments of `pipe(...)` that differ by family: SD and SDXL take the negative prompt (encoded,
+    as in training) and DDIM's eta; SD3 the negative prompt (its sampler is the deterministic Euler ODE); FLUX
+    neither (its guidance is an embedding, no negative branch)."""
+    if eta > 0 and is_flow_pipeline(pipe):
+        raise TexforceError(f"eta {eta}: SD3 and FLUX render by the deterministic flow ODE; use eta 0")
+    if isinstance(pipe, FluxPipeline):
+        return {}
+    return {"negative_prompt": negative_prompt} | ({} if is_flow_pipeline(pipe) else {"eta": eta})
 
 
 def _pipeline_class(index: dict) -> type[DiffusionPipeline]:
-    """The class of a `model_index.json`: SD (1.x, 2.x, SD-Turbo) or SDXL (base, SDXL-Turbo); others are refused."""
+    """The class of a `model_index.json`: SD (1.x, 2.x, SD-Turbo), SDXL (base, SDXL-Turbo), SD3 / SD3.5 (medium,
+    large, large-turbo) or FLUX.1 (dev, schnell); others are refused."""
     name = index.get("_class_name")
     if name not in PIPELINES:
         raise TexforceError(f"texforce trains {' and '.join(PIPELINES)} text-to-image models; this one is a {name}")
     return PIPELINES[name]
 
 
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SD has the first, SDXL both
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")  # SD: 1; SDXL, FLUX (CLIP, T5): 2; SD3: 3
 
 
 def text_encoders(pipe: DiffusionPipeline) -> dict[str, torch.nn.Module]:
-    """The pipeline's text encoders by component name: `text_encoder` (SD), and `text_encoder_2` too (SDXL)."""
+    """The pipeline's text encoders by component name: `text_encoder` (SD), `text_encoder_2` too (SDXL: OpenCLIP;
+    FLUX: T5), `text_encoder_3` too (SD3: T5)."""
     return {name: getattr(pipe, name) for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None}
+
+
+def is_t5(encoder: torch.nn.Module) -> bool:
+    """A T5 encoder (SD3's `text_encoder_3`, FLUX's `text_encoder_2`), as opposed to a CLIP text tower."""
+    return type(encoder).__name__ == "T5EncoderModel"
 
 
 def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipeline:
@@ -107,20 +161,23 @@ def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipe
     attention kernel, memory format and compilation of `config`."""
     pipe = load_pipeline(config.base, config.revision)
     processor, implementation = ATTENTION[config.attention]
-    for module in (pipe.unet, pipe.vae):
+    model = denoiser(pipe)
+    # SD3's and FLUX's transformers keep their own (joint) attention processors, which call torch's sdpa
+    for module in (pipe.vae,) if is_flow_pipeline(pipe) else (model, pipe.vae):
         module.set_attn_processor(processor())
     for encoder in text_encoders(pipe).values():
-        encoder.set_attn_implementation(implementation)
-    for module in (pipe.unet, pipe.vae, *text_encoders(pipe).values()):
+        if not is_t5(encoder):
+            encoder.set_attn_implementation(implementation)
+    for module in (model, pipe.vae, *text_encoders(pipe).values()):
         module.requires_grad_(False)
         module.eval()
     dtype = frozen_dtype(config.dtype, device)
-    pipe.to(device=device, dtype=None if dtype == pipe.unet.dtype else dtype)
+    pipe.to(device=device, dtype=None if dtype == model.dtype else dtype)
     if config.channels_last:
-        for module in (pipe.unet, pipe.vae):
+        for module in (model, pipe.vae):
             module.to(memory_format=torch.channels_last)
     if config.compile:
-        pipe.unet.compile(backend=COMPILE_BACKEND)  # in place: still the U-Net object, compiled at its first call
+        model.compile(backend=COMPILE_BACKEND)  # in place: still the same object, compiled at its first call
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -130,9 +187,10 @@ def attention_kernels(pipe: DiffusionPipeline) -> dict[str, str]:
     implementation (`AttnProcessor2_0` and `sdpa` call torch's `scaled_dot_product_attention`)."""
     kernels = {
         name: ", ".join(sorted({type(p).__name__ for p in getattr(pipe, name).attn_processors.values()}))
-        for name in ("unet", "vae")
+        for name in ("transformer" if is_flow_pipeline(pipe) else "unet", "vae")
     }
-    return kernels | {name: encoder.config._attn_implementation for name, encoder in text_encoders(pipe).items()}
+    encoders = text_encoders(pipe).items()
+    return kernels | {name: encoder.config._attn_implementation for name, encoder in encoders if not is_t5(encoder)}
 
 
 def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:

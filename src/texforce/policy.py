@@ -1,9 +1,10 @@
 """The policy: LoRA adapters on a frozen diffusion pipeline — on the text encoders (TexForce) and optionally the U-Net.
 
 It turns prompts into conditioning (through the text-encoder LoRAs, with gradients while training) and conditioning
-into noise predictions. Stable Diffusion has one text encoder, SDXL two: they are a list here, and every path serves
-both. `sample` records DDPO's stochastic chains; `generate` renders final images (evaluation). Every algorithm trains
-the same policy; only how its gradient is estimated differs (`texforce.algorithms`).
+into the denoiser's predictions. Stable Diffusion has one text encoder, SDXL two CLIPs, SD3 two CLIPs and a T5,
+FLUX a CLIP and a T5: they are a dict here, and every path serves all of them. `sample` records DDPO's stochastic
+chains; `generate` renders final images (evaluation). Every algorithm trains the same policy; only how its gradient
+is estimated differs (`texforce.algorithms`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from texforce.config import SharedConfig, TextLora2Config
 from texforce.errors import TexforceError
 from texforce.export import PEFT_PREFIX, PEFT_WEIGHTS, save_adapters
-from texforce.models import add_lora, prepare_pipeline, text_encoders
+from texforce.models import add_lora, denoiser, is_flow_pipeline, is_t5, prepare_pipeline, text_encoders
 from texforce.sampling import (
     Conditioning,
     NoisePredictor,
@@ -30,13 +32,15 @@ from texforce.sampling import (
     sample_latents,
 )
 
+T5_LENGTH = {StableDiffusion3Pipeline: 256, FluxPipeline: 512}  # each pipeline's default max_sequence_length
 
-def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-    """Token ids (B, L), padded to the tokenizer's full length as Stable Diffusion does."""
+
+def tokenize(tokenizer, prompts: Sequence[str], max_length: int | None = None) -> torch.Tensor:
+    """Token ids (B, L), padded to `max_length` (default: the tokenizer's full length) as Stable Diffusion does."""
     return tokenizer(
         list(prompts),
         padding="max_length",
-        max_length=tokenizer.model_max_length,
+        max_length=max_length or tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids
@@ -50,54 +54,98 @@ class Policy:
         self.device = device
         self.pipe = prepare_pipeline(config.model, device)
         self.scheduler = self.pipe.scheduler
-        self.text_encoders = text_encoders(self.pipe)  # by component name: text_encoder[, text_encoder_2]
+        self.text_encoders = text_encoders(self.pipe)  # by component name: text_encoder[, text_encoder_2[, _3]]
         self.tokenizers = [getattr(self.pipe, n.replace("text_encoder", "tokenizer")) for n in self.text_encoders]
-        self.unet, self.vae = self.pipe.unet, self.pipe.vae
-        if len(self.text_encoders) == 1 and config.text_lora_2 != TextLora2Config():
-            raise TexforceError(f"text_lora_2 sets SDXL's second text encoder; {config.model.base} has only one")
+        pairs = zip(self.tokenizers, self.text_encoders.values(), strict=True)
+        self.token_lengths = [self._token_length(tokenizer, encoder) for tokenizer, encoder in pairs]
+        self.denoiser, self.vae = denoiser(self.pipe), self.pipe.vae
+        self._check_base()
         self.param_groups: list[dict] = []
+        self.adapted: dict[str, torch.nn.Module] = {}  # the modules with a trained adapter, by component name
         if config.text_lora.use:
-            seeds = (config.seed, config.seed + 2)  # + 1 is the U-Net's
-            params = [
-                p
-                for index, (encoder, seed) in enumerate(zip(self.text_encoders.values(), seeds, strict=False))
-                for p in add_lora(encoder, config.text_lora_of(index), seed)
-            ]
+            params = []
+            clip_index = 0
+            for index, (name, encoder) in enumerate(self.text_encoders.items()):
+                seed = config.seed + (0 if index == 0 else index + 1)  # + 1 is the U-Net's
+                if is_t5(encoder):
+                    if not config.text_lora.t5:
+                        continue
+                    params += add_lora(encoder, config.t5_lora(), seed)
+                else:
+                    params += add_lora(encoder, config.text_lora_of(clip_index), seed)
+                    clip_index += 1
+                self.adapted[name] = encoder
             self.param_groups.append({"params": params, "lr": config.text_lora.learning_rate})
         if config.unet_lora.use:
-            params = add_lora(self.unet, config.unet_lora, config.seed + 1)
+            params = add_lora(self.denoiser, config.unet_lora, config.seed + 1)
             self.param_groups.append({"params": params, "lr": config.unet_lora.learning_rate})
+            self.adapted["unet"] = self.denoiser
         self.trainable = [p for group in self.param_groups for p in group["params"]]
         self.time_ids = self._time_ids()
         self.negative_ids = self.tokenize([config.sample.negative_prompt])
         self._base_negative: Conditioning | None = None  # batch 1, the negative prompt off the LoRA
 
+    def _check_base(self) -> None:
+        """One-line errors for adapters the base model has no place for."""
+        c, base = self.config, self.config.model.base
+        clips = [e for e in self.text_encoders.values() if not is_t5(e)]
+        if len(clips) == 1 and c.text_lora_2 != TextLora2Config():
+            raise TexforceError(f"text_lora_2 sets the second CLIP text encoder (SDXL, SD3); {base} has only one")
+        if c.text_lora.t5 and len(clips) == len(self.text_encoders):
+            raise TexforceError(f"text_lora.t5 is set but {base} has no T5 text encoder (SD3 and FLUX have one)")
+        if c.unet_lora.use and is_flow_pipeline(self.pipe):
+            raise TexforceError(
+                f"unet_lora trains a U-Net; {base} denoises with a transformer: texforce tunes its text encoders "
+                "(set unet_lora.use=false)"
+            )
+        if isinstance(self.pipe, FluxPipeline) and self.latent_shape[1] % 2:
+            raise TexforceError(f"FLUX needs sample.resolution a multiple of {2 * self.pipe.vae_scale_factor}")
+
+    def _token_length(self, tokenizer, encoder: torch.nn.Module) -> int:
+        """Tokens per prompt of one encoder: its tokenizer's length (CLIP's 77); T5's as its pipeline sets it."""
+        if not is_t5(encoder):
+            return tokenizer.model_max_length
+        length = self.config.model.max_sequence_length or T5_LENGTH[type(self.pipe)]
+        return min(length, tokenizer.model_max_length)
+
     # ------------------------------------------------------------------ prompts → conditioning → noise
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """Token ids (B, L) of every tokenizer side by side (SDXL: its two tokenizers pad differently)."""
-        return torch.cat([tokenize(tokenizer, prompts) for tokenizer in self.tokenizers], dim=1)
+        pairs = zip(self.tokenizers, self.token_lengths, strict=True)
+        return torch.cat([tokenize(tokenizer, prompts, length) for tokenizer, length in pairs], dim=1)
 
     def encode(self, prompt_ids: torch.Tensor) -> Conditioning:
-        """The conditioning of these prompts through the text encoders, LoRA included.
+        """The conditioning of these prompts through the text encoders, LoRA included, as each pipeline's
+        `encode_prompt` makes it.
 
-        SD: the last hidden state (B, L, D). SDXL, as `StableDiffusionXLPipeline.encode_prompt`: both encoders'
-        penultimate hidden states side by side (B, 77, D1 + D2), the second encoder's projected pooled output (B, P),
-        and the time ids of `sample.resolution`.
+        SD: the last hidden state (B, L, D). SDXL: both encoders' penultimate hidden states side by side
+        (B, 77, D1 + D2), the second encoder's projected pooled output (B, P), and the time ids of
+        `sample.resolution`. SD3: the two CLIPs' penultimate states side by side, zero-padded to T5's width, then
+        T5's states after them (B, 77 + L_T5, D_T5); pooled: both CLIPs' projections (B, P1 + P2). FLUX: T5's states
+        (B, L_T5, D_T5); pooled: CLIP's pooled output (B, 768).
         """
-        lengths = [tokenizer.model_max_length for tokenizer in self.tokenizers]
-        ids = prompt_ids.to(self.device).split(lengths, dim=1)
-        encoders = list(self.text_encoders.values())
+        ids = dict(zip(self.text_encoders, prompt_ids.to(self.device).split(self.token_lengths, dim=1), strict=True))
+        encoders = self.text_encoders
+        if isinstance(self.pipe, FluxPipeline):
+            pooled = encoders["text_encoder"](ids["text_encoder"]).pooler_output
+            return Conditioning(encoders["text_encoder_2"](ids["text_encoder_2"])[0], pooled)
         if len(encoders) == 1:
-            return Conditioning(encoders[0](ids[0])[0])
-        outputs = [encoder(i, output_hidden_states=True) for encoder, i in zip(encoders, ids, strict=True)]
+            return Conditioning(encoders["text_encoder"](ids["text_encoder"])[0])
+        clips = [name for name, encoder in encoders.items() if not is_t5(encoder)]
+        outputs = [encoders[name](ids[name], output_hidden_states=True) for name in clips]
         prompt_embeds = torch.cat([output.hidden_states[-2] for output in outputs], dim=-1)
+        if isinstance(self.pipe, StableDiffusion3Pipeline):
+            t5 = encoders["text_encoder_3"](ids["text_encoder_3"])[0]
+            padded = torch.nn.functional.pad(prompt_embeds, (0, t5.shape[-1] - prompt_embeds.shape[-1]))
+            pooled = torch.cat([output.text_embeds for output in outputs], dim=-1)
+            return Conditioning(torch.cat([padded, t5], dim=-2), pooled)
         time_ids = self.time_ids.to(self.device).expand(len(prompt_embeds), -1)
         return Conditioning(prompt_embeds, outputs[-1].text_embeds, time_ids)
 
     def _time_ids(self) -> torch.Tensor | None:
         """SDXL's (1, 6) size and crop conditioning of an uncropped image at `sample.resolution`, by the
-        pipeline's own `_get_add_time_ids`; None for SD."""
-        if "text_encoder_2" not in self.text_encoders:
+        pipeline's own `_get_add_time_ids`; None for the others."""
+        if not isinstance(self.pipe, StableDiffusionXLPipeline):
             return None
         size = (self.latent_shape[1] * self.pipe.vae_scale_factor,) * 2
         return self.pipe._get_add_time_ids(
@@ -110,7 +158,8 @@ class Policy:
 
     @property
     def uses_guidance(self) -> bool:
-        return self.config.sample.guidance_scale > 1
+        """Classifier-free guidance with a negative branch (FLUX has none: its guidance scale is an embedding)."""
+        return self.config.sample.guidance_scale > 1 and not isinstance(self.pipe, FluxPipeline)
 
     def negative_embeds(self, batch_size: int) -> Conditioning:
         """The negative prompt's conditioning, through the LoRA unless `train.use_lora_for_negative` is off.
@@ -127,18 +176,16 @@ class Policy:
     @contextmanager
     def frozen(self) -> Iterator[None]:
         """Within the block every adapter is off: the frozen base pipeline (the reference policy of a KL penalty)."""
-        modules = list(self.text_encoders.values()) if self.config.text_lora.use else []
-        modules += [self.unet] if self.config.unet_lora.use else []
-        for module in modules:
+        for module in self.adapted.values():
             module.disable_adapters()
         try:
             yield
         finally:
-            for module in modules:
+            for module in self.adapted.values():
                 module.enable_adapters()
 
     def noise_predictor(self, conditioning: Conditioning, negative: Conditioning | None) -> NoisePredictor:
-        return guided_noise_fn(self.unet, conditioning, negative, self.config.sample.guidance_scale)
+        return guided_noise_fn(self.denoiser, conditioning, negative, self.config.sample.guidance_scale)
 
     def conditioned_predictor(self, prompt_ids: torch.Tensor) -> NoisePredictor:
         """The noise predictor for these prompts, graph kept when gradients are enabled."""
@@ -150,8 +197,12 @@ class Policy:
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of the latents at `sample.resolution` (default: the model's native size)."""
         scale = self.pipe.vae_scale_factor
-        resolution = self.config.sample.resolution or self.unet.config.sample_size * scale
-        return self.unet.config.in_channels, resolution // scale, resolution // scale
+        if is_flow_pipeline(self.pipe):  # FLUX's transformer sees 2 × 2 patches: the VAE's channels are the latent's
+            native, channels = self.pipe.default_sample_size, self.vae.config.latent_channels
+        else:
+            native, channels = self.denoiser.config.sample_size, self.denoiser.config.in_channels
+        resolution = self.config.sample.resolution or native * scale
+        return channels, resolution // scale, resolution // scale
 
     def initial_noise(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """Pure-noise latents (count, C, h, w) on the CPU from `generator`: the same on any device."""
@@ -178,7 +229,7 @@ class Policy:
             latents, log_probs, timesteps = sample_latents(
                 self.conditioned_predictor(ids),
                 self.scheduler,
-                noise.to(self.device, self.unet.dtype),
+                noise.to(self.device, self.denoiser.dtype),
                 s.num_steps,
                 s.eta,
                 generator,
@@ -210,24 +261,12 @@ class Policy:
         return decode_latents(self.vae, latents).cpu()
 
     # ------------------------------------------------------------------ adapters on disk
-    def _trained_modules(self) -> dict[str, torch.nn.Module]:
-        """The modules with a trained adapter, by component name."""
-        modules = dict(self.text_encoders) if self.config.text_lora.use else {}
-        return {**modules, "unet": self.unet} if self.config.unet_lora.use else modules
-
     def save_adapters(self, folder: Path) -> None:
-        """Both formats (diffusers + PEFT) of the trained adapters into `folder`."""
-        modules = self._trained_modules()
-        save_adapters(
-            folder,
-            modules.get("text_encoder"),
-            modules.get("unet"),
-            self.config.model.base,
-            text_encoder_2=modules.get("text_encoder_2"),
-        )
+        """Both formats (diffusers + PEFT; a T5's in PEFT only) of the trained adapters into `folder`."""
+        save_adapters(folder, self.adapted, self.config.model.base, pipeline_class=type(self.pipe))
 
     def load_adapters(self, folder: Path) -> None:
         """Restore the trained adapters from a folder `save_adapters` wrote (a checkpoint's `lora/`)."""
-        for name, module in self._trained_modules().items():
+        for name, module in self.adapted.items():
             weights = load_file(folder / name / PEFT_WEIGHTS)
             set_peft_model_state_dict(module, {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()})

@@ -118,6 +118,7 @@ def validate(config: RunConfig) -> None:
     for name in ("text_lora", "unet_lora", "text_lora_2"):
         modules = getattr(config, name).target_modules
         check(modules is None or bool(modules), f"{name}.target_modules must not be empty")
+    check(bool(config.text_lora.t5_target_modules), "text_lora.t5_target_modules must not be empty")
     check(
         s.resolution is None or (s.resolution > 0 and s.resolution % 8 == 0),
         f"sample.resolution must be a positive multiple of 8, got {s.resolution}",

@@ -20,7 +20,7 @@ from texforce.config_schema import check, option
 from texforce.distributed import gather_reward, gather_trajectory, mean_over_processes
 from texforce.ppo import PerPromptStatTracker, batch_advantages, group_advantages, ppo_clipped_loss
 from texforce.runlog import EpochStats
-from texforce.sampling import Conditioning, Trajectory, check_schedule, ddim_step, gaussian_log_prob, step_kl
+from texforce.sampling import Conditioning, Trajectory, check_schedule, gaussian_log_prob, step_gaussian, step_kl
 
 if TYPE_CHECKING:
     from texforce.algorithms.base import TrainingContext
@@ -256,7 +256,7 @@ class DDPO:
             next_latents = trajectory.latents[batch_rows, step + 1].to(device)
             timesteps = trajectory.timesteps[step].to(device)
             noise_pred = policy.noise_predictor(stacked[0], stacked[1])(latents, timesteps)
-            mean, std = ddim_step(policy.scheduler, noise_pred, timesteps, latents, c.sample.eta)
+            mean, std = step_gaussian(policy.scheduler, noise_pred, timesteps, latents, c.sample.eta)
             stats = ppo_clipped_loss(
                 gaussian_log_prob(next_latents, mean, std),
                 trajectory.log_probs[batch_rows, step].to(device),
@@ -300,7 +300,7 @@ class DDPO:
         embeds, negative = (repeat_rows(e, k) for e in reference)
         with policy.frozen():
             noise_pred = policy.noise_predictor(embeds, negative)(latents, timesteps)
-        return ddim_step(policy.scheduler, noise_pred, timesteps, latents, eta)[0]
+        return step_gaussian(policy.scheduler, noise_pred, timesteps, latents, eta)[0]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from texforce.defaults import choose_base, config_for, judge
     from texforce.export import load_adapter, load_text_adapters, require_adapter
     from texforce.images import caption, make_grid, save_png, to_pil
-    from texforce.models import prepare_pipeline, resolve_device
+    from texforce.models import call_options, prepare_pipeline, resolve_device
     from texforce.prompts import load_prompt_set
     from texforce.rewards import build_reward, check_prompts
     from texforce.runlog import check_writable
@@ -95,18 +95,18 @@ def run(args: argparse.Namespace) -> int:
     if args.unet_lora:
         load_adapter(pipe, args.unet_lora, "unet", base=base)
     reward = build_reward(reward_spec, device) if reward_spec != "none" else None
+    options = call_options(pipe, args.negative_prompt, args.eta)
     pipe.to(device)
     images = []
     for prompt in prompts:
         for seed in seeds:
             output_images = pipe(
                 prompt,
-                negative_prompt=args.negative_prompt,  # "" is encoded, as in training (SDXL: not zeros)
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                eta=args.eta,
                 generator=torch.Generator().manual_seed(seed),
                 output_type="pt",
+                **options,  # the negative prompt "" is encoded, as in training (SDXL: not zeros)
             ).images
             images.append(output_images[0].float().cpu())
     images = torch.stack(images)
