@@ -65,6 +65,7 @@ def budget_note(record: dict, where: str = " ([suite.md](../suite.md))") -> str:
 def figures_table(figures: list[dict]) -> str:
     rows = [
         [
+            f"`{f['model']}`",
             f["mode"],
             f["figure"] + (f" ({f['phase']})" if "phase" in f else ""),
             "—" if f["value"] is None else f"{f['value']:.4g}",
@@ -73,7 +74,7 @@ def figures_table(figures: list[dict]) -> str:
         ]
         for f in figures
     ]
-    return table(["mode", "figure", "value", "unit", "× reference"], rows)
+    return table(["model", "mode", "figure", "value", "unit", "× reference"], rows)
 
 
 def suite_page(record: dict) -> str:
@@ -132,8 +133,7 @@ def suite_page(record: dict) -> str:
     ]
     text += ["## Experiments\n", table(["experiment", "status", "seconds", "note"], rows)]
     if record["speed"]:
-        models = ", ".join(sorted({f["model"] for f in record["speed"]}))
-        text += [f"## Speed: `{models}` (random weights)\n", figures_table(record["speed"])]
+        text += ["## Speed (random weights)\n", figures_table(record["speed"])]
     return "\n".join(text)
 
 
@@ -150,7 +150,7 @@ def unfinished(record: dict, name: str) -> dict:
 def collect(record: dict, output: Path, runs: Path, names: list[str]) -> dict:
     """results.json and suite.md from the stages' outputs; the budget paragraph on each experiment page."""
     logs = output / "logs"
-    speed = json_lines(logs / "speed.log")
+    speed = [f for log in [logs / "speed.log", *sorted(logs.glob("speed_*.log"))] for f in json_lines(log)]
     reference = {f["figure"]: f["value"] for f in speed if f["mode"] == "reference"}
     for figure in json_lines(logs / "compile.log"):
         if figure["mode"] != "reference" and figure["value"] and reference.get(figure["figure"]):

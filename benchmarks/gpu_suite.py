@@ -15,6 +15,8 @@ Stages, each a child process group killed at its time limit, so that the whole n
                training seeds × --target-epochs × --samples-per-epoch samples per arm); trains every arm-seed
                ahead in a pool of concurrent `texforce train` processes (none started that would end past its
                deadline); then runs each experiment, which reuses those runs, judges them and writes its page
+  speed_ARCH   with --flow, benchmarks.speed on SD3.5-medium and FLUX.1-dev (1024², 28 steps, random weights, bf16):
+               sampling, a PPO update on the text encoders, direct backprop; each within --flow-seconds
   compile      benchmarks.speed's compile mode (torch.compile'd U-Net, its compile seconds), if the time left allows
 Writes OUTPUT/results.json (every figure: speed, calibration, plan, each experiment's tables and evaluation
 summaries), OUTPUT/suite.md, OUTPUT/NAME/results.md per experiment (each stating the budget it got),
@@ -96,8 +98,18 @@ class Suite:
 SPEED = ["--arch", "sd15"]  # the speed stages' model: the SD-1.5 architecture (512²), random weights
 
 
-def speed_command(modes: str, smoke: bool) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.speed", "--modes", modes, *(["--smoke"] if smoke else SPEED)]
+# --flow: the flow-matching rows (random weights, bf16, SD3.5's and FLUX.1-dev's usual 28 steps, 1024²)
+FLOW_SPEED = {
+    "sd35-medium": ["--steps", "28", "--sample-batch", "4", "--train-batch", "2", "--backprop-batch", "1"],
+    "flux-dev": ["--steps", "28", "--sample-batch", "2", "--train-batch", "1", "--backprop-batch", "1"],
+}
+FLOW_MODES = "texforce,backprop"  # sampling and one PPO update, and backprop's step and memory
+
+
+def speed_command(modes: str, smoke: bool, arch: str | None = None) -> list[str]:
+    """benchmarks.speed: on SD-1.5 (`SPEED`), or on a flow `arch` with its `FLOW_SPEED` shape."""
+    shape = (["--arch", arch] + ([] if smoke else FLOW_SPEED[arch])) if arch else ([] if smoke else SPEED)
+    return [sys.executable, "-m", "benchmarks.speed", "--modes", modes, *(["--smoke"] if smoke else []), *shape]
 
 
 def calibrate(shape: Shape, args: argparse.Namespace, runs: Path, logs: Path, env: dict, until: float) -> dict:
@@ -162,6 +174,10 @@ def run(args: argparse.Namespace, suite: Suite, hard: float) -> dict:
     stages.append(Stage("discover", suite.stage_command("discover", spec), logs, env))  # CPU, beside the GPU's speed
     for stage in stages:
         record["stages"][stage.name] = stage.wait(min(hard - FINAL_RESERVE, record["started"] + args.speed_seconds))
+    if args.flow and not args.no_speed:  # on the GPU after SD-1.5's figures, one flow model at a time
+        for arch in FLOW_SPEED:
+            stage = Stage(f"speed_{arch}", speed_command(FLOW_MODES, args.smoke, arch), logs, env)
+            record["stages"][stage.name] = stage.wait(min(hard - FINAL_RESERVE, time.time() + args.flow_seconds))
     found = suite.specs / "work.json"
     work = record["discovery"] = json.loads(found.read_text()) if found.is_file() else {}
     end = hard - args.compile_seconds  # the experiments' own deadline
@@ -203,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile-seconds", type=float, default=0.0,
                         help="seconds kept for the compile stage (default: it runs only if time is left)")  # fmt: skip
     parser.add_argument("--no-speed", action="store_true", help="skip the speed and compile stages")
+    parser.add_argument("--flow", action="store_true",
+                        help=f"also time {' and '.join(FLOW_SPEED)} (random weights, bf16): sampling, a PPO update, "
+                        "backprop")  # fmt: skip
+    parser.add_argument("--flow-seconds", type=float, default=240.0, help="time limit of each flow model's stage")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile stage")
     parser.add_argument("--smoke", action="store_true", help="tiny model and shape: checks the command on a CPU")
     for name, value in asdict(Shape()).items():

@@ -184,3 +184,9 @@ def test_stock_diffusers_loads_the_clip_adapters(flow_run):
 def test_flow_base_refuses_a_unet_adapter(sd3_dir, tmp_path):
     with pytest.raises(TexforceError, match="unet_lora trains a U-Net"):
         make_policy(sd3_dir, tmp_path, unet_lora__use=True)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_flow_base_refuses_a_resolution_off_the_patch_grid(kind, sd3_dir, flux_dir, tmp_path):
+    with pytest.raises(TexforceError, match=r"needs sample\.resolution a multiple of 16"):
+        make_policy(sd3_dir if kind == "sd3" else flux_dir, tmp_path, sample__resolution=40)

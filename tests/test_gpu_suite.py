@@ -104,16 +104,21 @@ def test_the_whole_command_on_the_tiny_model(tmp_path):
     """Every stage for real, at the tiny shape, two seeds and two concurrent processes: the speed figures, the
     calibration, the plan, `hacking` trained by the pool and judged, its page with the budget, results.json."""
     out = tmp_path / "suite"
-    argv = ["--smoke", "--seeds", "2", "--workers", "2", "--experiments", "hacking", "--no-compile", "--deadline"]
-    record = gpu_suite.main([*argv, "300", "-o", str(out)])
+    argv = ["--smoke", "--seeds", "2", "--workers", "2", "--experiments", "hacking", "--no-compile", "--flow"]
+    record = gpu_suite.main([*argv, "--deadline", "420", "-o", str(out)])
     saved = json.loads((out / "results.json").read_text())
-    assert saved["wall_seconds"] == record["wall_seconds"] < 300
+    assert saved["wall_seconds"] == record["wall_seconds"] < 420
     assert {s: r["status"] for s, r in saved["stages"].items()} == dict.fromkeys(
-        ["speed", "discover", "calibrate", "experiments"], "done"
+        ["speed", "discover", "speed_sd35-medium", "speed_flux-dev", "calibrate", "experiments"], "done"
     )
     speed = {(f["mode"], f["figure"]) for f in saved["speed"]}
     assert {("reference", "sampling"), ("texforce", "ppo_update"), ("channels_last", "sampling")} <= speed
     assert ("backprop", "backprop_memory") in speed
+    flow = {(f["model"], f["mode"], f["figure"]) for f in saved["speed"] if f["model"] != gpu_suite.SMOKE_MODEL}
+    for model in ("texforce/tiny-sd3-random", "texforce/tiny-flux-random"):  # --flow's rows, on the tiny models
+        assert {(model, "texforce", "sampling"), (model, "texforce", "ppo_update")} <= flow
+        assert (model, "backprop", "backprop_memory") in flow
+    assert "`texforce/tiny-flux-random`" in (out / "suite.md").read_text()
     assert {"single", "concurrent"} <= saved["calibration"].keys()
     assert (saved["plan"]["seeds"], saved["plan"]["epochs"], saved["plan"]["experiments"]) == (2, 2, ["hacking"])
     hacking = saved["experiments"]["hacking"]

@@ -38,7 +38,10 @@ class ModelConfig:
     channels_last: bool = option(False, "U-Net and VAE weights in channels-last memory format (faster on GPUs)")
     compile: bool = option(False, "torch.compile the U-Net (compiled at its first call: minutes for SD on a GPU)")
     max_sequence_length: int | None = option(
-        None, "T5 tokens per prompt (SD3, FLUX); unset: the pipeline's default (SD3 256, FLUX 512)", bounds=">= 1"
+        None,
+        "T5 tokens per prompt (SD3, FLUX; zeros for an SD3 without T5); unset: the pipeline's default (SD3 256, "
+        "FLUX 512; none for texforce/world-flow, built without T5)",
+        bounds=">= 1",
     )
 
 
@@ -91,9 +94,10 @@ class TextLora2Config:
 
 @dataclass
 class SampleConfig:
-    """The DDIM sampler that generates the images (and, for DDPO, the recorded chains) each epoch learns from."""
+    """The sampler (DDIM; flow models: Euler, with Flow-GRPO's SDE for DDPO) that generates the images (and, for
+    DDPO, the recorded chains) each epoch learns from."""
 
-    num_steps: int = option(50, "DDIM steps per image", bounds=">= 1")
+    num_steps: int = option(50, "sampler steps per image (DDIM; flow models: Euler)", bounds=">= 1")
     eta: float = option(
         1.0,
         "DDIM eta (flow models: the SDE's noise level): > 0 is stochastic (DDPO needs it), 0 deterministic",
@@ -101,7 +105,9 @@ class SampleConfig:
     )
     guidance_scale: float = option(7.5, "classifier-free guidance scale (<= 1: no guidance)", bounds=">= 0")
     negative_prompt: str = option("", "the negative prompt of classifier-free guidance")
-    resolution: int | None = option(None, "image size in pixels (a multiple of 8); unset: the model's native size")
+    resolution: int | None = option(
+        None, "image size in pixels (a multiple of 8; SD3 and FLUX: of 16); unset: the model's native size"
+    )
     batch_size_per_device: int = option(8, "images per sampling batch, per process", bounds=">= 1")
     num_batches_per_epoch: int = option(4, "sampling batches per epoch, per process", bounds=">= 1")
 

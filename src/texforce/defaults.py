@@ -30,11 +30,13 @@ def judge(config: RunConfig) -> str:
 
 def config_for(base: str) -> RunConfig:
     """The training config whose sampler settings, prompts and reward fit `base`: the embedded default
-    (`texforce train` with no arguments) for its own model, else the library defaults (Stable Diffusion's usual
-    DDIM 50 steps, CFG 7.5, DDPO's animals and JPEG compressibility) with `base` as the model."""
-    default = load_config("default")
-    if base == default.model.base:
-        return default
+    (`texforce train` with no arguments) for its own model, `world_flow` for texforce/world-flow, else the library
+    defaults (Stable Diffusion's usual DDIM 50 steps, CFG 7.5, DDPO's animals and JPEG compressibility) with `base`
+    as the model."""
+    for name in ("default", "world_flow"):
+        config = load_config(name)
+        if base == config.model.base:
+            return config
     config = load_config(None)
     config.model.base = base
     return config

@@ -36,6 +36,7 @@ from texforce.flow_architectures import FLOW_BUILT_IN
 from texforce.sampling import FluxScheduler
 
 WORLD = "texforce/world"  # the offline world's own Stable Diffusion, shipped in the package
+WORLD_FLOW = "texforce/world-flow"  # its flow-matching counterpart: an SD3 transformer on the same CLIP and VAE
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # model.attention: diffusers' processor for the U-Net and VAE, transformers' implementation for the text encoders
 ATTENTION = {"sdpa": (AttnProcessor2_0, "sdpa"), "math": (AttnProcessor, "eager")}
@@ -72,6 +73,10 @@ def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
         return BUILT_IN[base]()
     if base in FLOW_BUILT_IN:
         return with_sampling_scheduler(FLOW_BUILT_IN[base]())
+    if base == WORLD_FLOW:
+        from texforce.world.flow import load_world_flow
+
+        return with_sampling_scheduler(load_world_flow())
     if base == WORLD:
         from texforce.world import MODEL_DIR
 
@@ -81,8 +86,11 @@ def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
         raise TexforceError(f"{base} is not a diffusers pipeline folder (no model_index.json in it)")
     try:
         folder = path if path.exists() else Path(DiffusionPipeline.download(base, revision=revision))
-        cls = _pipeline_class(json.loads((folder / "model_index.json").read_text()))
+        index = json.loads((folder / "model_index.json").read_text())
+        cls = _pipeline_class(index)
         extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
+        if cls is StableDiffusion3Pipeline and index.get("text_encoder_3", [None])[0] is None:
+            extra = {"text_encoder_3": None, "tokenizer_3": None}  # saved without T5: diffusers needs them named
         pipe = cls.from_pretrained(str(folder), dtype=torch.float32, **extra)
     except (OSError, ValueError) as error:
         if path.exists():
@@ -130,7 +138,19 @@ def call_options(pipe: DiffusionPipeline, negative_prompt: str | list[str], eta:
         raise TexforceError(f"eta {eta}: SD3 and FLUX render by the deterministic flow ODE; use eta 0")
     if isinstance(pipe, FluxPipeline):
         return {}
+    if isinstance(pipe, StableDiffusion3Pipeline) and pipe.text_encoder_3 is None:
+        return {"negative_prompt": negative_prompt, "max_sequence_length": t5_free_length(pipe)}
     return {"negative_prompt": negative_prompt} | ({} if is_flow_pipeline(pipe) else {"eta": eta})
+
+
+def t5_free_length(pipe: StableDiffusion3Pipeline, configured: int | None = None) -> int:
+    """How many zero T5 tokens follow the CLIP tokens of an SD3 without its T5 (diffusers pads with zeros):
+    `configured` if set, else diffusers' 256 (SD3 was trained with T5 dropped to zeros), or none for a model built
+    without T5, whose joint width is its CLIPs' (texforce/world-flow, trained on the CLIP tokens alone)."""
+    if configured is not None:
+        return configured
+    clip_width = sum(encoder.config.hidden_size for encoder in text_encoders(pipe).values())
+    return 0 if pipe.transformer.config.joint_attention_dim == clip_width else 256
 
 
 def _pipeline_class(index: dict) -> type[DiffusionPipeline]:

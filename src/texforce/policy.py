@@ -21,7 +21,15 @@ from safetensors.torch import load_file
 from texforce.config import SharedConfig, TextLora2Config
 from texforce.errors import TexforceError
 from texforce.export import PEFT_PREFIX, PEFT_WEIGHTS, save_adapters
-from texforce.models import add_lora, denoiser, is_flow_pipeline, is_t5, prepare_pipeline, text_encoders
+from texforce.models import (
+    add_lora,
+    denoiser,
+    is_flow_pipeline,
+    is_t5,
+    prepare_pipeline,
+    t5_free_length,
+    text_encoders,
+)
 from texforce.sampling import (
     Conditioning,
     NoisePredictor,
@@ -98,8 +106,8 @@ class Policy:
                 f"unet_lora trains a U-Net; {base} denoises with a transformer: texforce tunes its text encoders "
                 "(set unet_lora.use=false)"
             )
-        if isinstance(self.pipe, FluxPipeline) and self.latent_shape[1] % 2:
-            raise TexforceError(f"FLUX needs sample.resolution a multiple of {2 * self.pipe.vae_scale_factor}")
+        if is_flow_pipeline(self.pipe) and self.latent_shape[1] % 2:  # the transformers see 2 × 2 latent patches
+            raise TexforceError(f"{base} needs sample.resolution a multiple of {2 * self.pipe.vae_scale_factor}")
 
     def _token_length(self, tokenizer, encoder: torch.nn.Module) -> int:
         """Tokens per prompt of one encoder: its tokenizer's length (CLIP's 77); T5's as its pipeline sets it."""
@@ -135,7 +143,11 @@ class Policy:
         outputs = [encoders[name](ids[name], output_hidden_states=True) for name in clips]
         prompt_embeds = torch.cat([output.hidden_states[-2] for output in outputs], dim=-1)
         if isinstance(self.pipe, StableDiffusion3Pipeline):
-            t5 = encoders["text_encoder_3"](ids["text_encoder_3"])[0]
+            if "text_encoder_3" in encoders:
+                t5 = encoders["text_encoder_3"](ids["text_encoder_3"])[0]
+            else:  # T5 left out: zero tokens, as the pipeline makes them
+                length = t5_free_length(self.pipe, self.config.model.max_sequence_length)
+                t5 = prompt_embeds.new_zeros(len(prompt_embeds), length, self.denoiser.config.joint_attention_dim)
             padded = torch.nn.functional.pad(prompt_embeds, (0, t5.shape[-1] - prompt_embeds.shape[-1]))
             pooled = torch.cat([output.text_embeds for output in outputs], dim=-1)
             return Conditioning(torch.cat([padded, t5], dim=-2), pooled)

@@ -13,6 +13,7 @@ from texforce.errors import TexforceError
 EPILOG = """examples:
   texforce world pretrain --out src/texforce/world/assets --seed 0     # the shipped model, ~83 min on 2 cores
   texforce world pretrain --out /tmp/world --tiny                        # a seconds-long smoke run
+  texforce world pretrain-flow --out src/texforce/world/assets/world_flow  # texforce/world-flow (resumes)
   texforce world eval                                                    # the numbers of the model card
   texforce world eval --model /tmp/world/model --num-prompts 8 --num-seeds 1
   texforce world preference --out src/texforce/world/assets/preference --cache runs/preference  # the learned reward
@@ -59,6 +60,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     pretrain.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     pretrain.set_defaults(func=run)
+
+    flow = verbs.add_parser(
+        "pretrain-flow", help="train texforce/world-flow's transformer by rectified flow on the world's CLIP and VAE"
+    )
+    flow.add_argument("--out", type=Path, default=Path("runs/world_flow"), help="folder for transformer/")
+    flow.add_argument("--seed", type=int, default=0)
+    flow.add_argument("--steps", type=int, help="training steps (default: the shipped model's)")
+    flow.add_argument("--stop-after", type=int, help="end this call after that many steps in all (resume later)")
+    flow.add_argument("--tiny", action="store_true", help="a tiny transformer, a few steps (smoke test)")
+    flow.set_defaults(func=run)
 
     evaluate = verbs.add_parser(
         "eval", help="validate the exact judges; measure alignment, quality and score per prompt family"
@@ -136,6 +147,19 @@ def _pretrain(args: argparse.Namespace) -> int:
         if folder is not None:
             setattr(reused, name, _load_component(folder / "model", component))
     pretrain(cfg, model_dir, args.out / "clip_image", log=_print, reused=reused)
+    return 0
+
+
+def _pretrain_flow(args: argparse.Namespace) -> int:
+    from texforce.world.flow import PROGRESS_FILE, FlowPretrainConfig, pretrain_flow, tiny_flow_config
+
+    cfg = tiny_flow_config(args.seed) if args.tiny else FlowPretrainConfig(seed=args.seed)
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    done = (args.out / "transformer").is_dir() and not (args.out / PROGRESS_FILE).is_file()
+    if done:
+        raise TexforceError(f"{args.out} holds a finished transformer; choose another --out or delete it")
+    pretrain_flow(cfg, args.out, log=_print, stop_after=args.stop_after)
     return 0
 
 
@@ -222,5 +246,11 @@ def _ceiling(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    verbs = {"pretrain": _pretrain, "eval": _evaluate, "preference": _preference, "ceiling": _ceiling}
+    verbs = {
+        "pretrain": _pretrain,
+        "pretrain-flow": _pretrain_flow,
+        "eval": _evaluate,
+        "preference": _preference,
+        "ceiling": _ceiling,
+    }
     return verbs[args.world_command](args)

@@ -13,12 +13,14 @@ ASSETS_DIR = Path(__file__).parent / "assets"
 MODEL_DIR = ASSETS_DIR / "model"
 CLIP_IMAGE_DIR = ASSETS_DIR / "clip_image"
 PREFERENCE_DIR = ASSETS_DIR / "preference"
+WORLD_FLOW_DIR = ASSETS_DIR / "world_flow"  # texforce/world-flow: its transformer; the rest is the model's
 
 __all__ = [
     "CLIP_IMAGE_DIR",
     "FAMILIES",
     "MODEL_DIR",
     "PREFERENCE_DIR",
+    "WORLD_FLOW_DIR",
     "family_prompts",
     "heldout_prompts",
     "parse_prompt",
