@@ -1,5 +1,5 @@
 """mkdocs hooks (`hooks:` in mkdocs.yml): the world's model cards, as shipped with the models, become pages of the
-site when it builds (world/model-card.md, world/preference-card.md)."""
+site when it builds (world/model-card.md, world/preference-card.md, world/flow-card.md)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
 import texforce
-from texforce.world import MODEL_DIR, PREFERENCE_DIR
+from texforce.world import MODEL_DIR, PREFERENCE_DIR, WORLD_FLOW_DIR
 
-CARDS = {"world/model-card.md": MODEL_DIR / "README.md", "world/preference-card.md": PREFERENCE_DIR / "README.md"}
+CARDS = {
+    "world/model-card.md": MODEL_DIR / "README.md",
+    "world/preference-card.md": PREFERENCE_DIR / "README.md",
+    "world/flow-card.md": WORLD_FLOW_DIR / "README.md",
+}
 
 
 def card(path: Path) -> str:

@@ -12,7 +12,7 @@ from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from texforce.errors import TexforceError
 from texforce.export import load_text_adapters
 from texforce.flow_architectures import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
-from texforce.models import load_pipeline
+from texforce.models import call_options, load_pipeline
 from texforce.policy import Policy
 from texforce.run import train_run
 from texforce.run_config import load_config
@@ -190,3 +190,13 @@ def test_flow_base_refuses_a_unet_adapter(sd3_dir, tmp_path):
 def test_flow_base_refuses_a_resolution_off_the_patch_grid(kind, sd3_dir, flux_dir, tmp_path):
     with pytest.raises(TexforceError, match=r"needs sample\.resolution a multiple of 16"):
         make_policy(sd3_dir if kind == "sd3" else flux_dir, tmp_path, sample__resolution=40)
+
+
+def test_call_options_carry_the_trained_t5_length(sd3_dir, flux_dir):
+    """`texforce sample` and `eval` render with the T5 length a run trained with, and no negative for FLUX."""
+    sd3, flux = stock(StableDiffusion3Pipeline, sd3_dir), stock(FluxPipeline, flux_dir)
+    assert call_options(sd3, "", 0.0) == {"negative_prompt": ""}
+    assert call_options(sd3, "", 0.0, 64) == {"negative_prompt": "", "max_sequence_length": 64}
+    assert call_options(flux, "", 0.0, 256) == {"max_sequence_length": 256}
+    with pytest.raises(TexforceError, match="deterministic flow ODE"):
+        call_options(flux, "", 1.0)

@@ -93,10 +93,8 @@ def test_backprop_trains_both_clip_adapters(tiny_flow, tmp_path):
         assert any(v.abs().sum() > 0 for k, v in weights.items() if k.startswith(prefix + ".") and ".up." in k)
 
 
-@pytest.mark.skipif(
-    not (WORLD_FLOW_DIR / "transformer").is_dir(), reason="texforce/world-flow is not built in this checkout"
-)
 def test_shipped_world_flow_loads_and_draws():
+    assert (WORLD_FLOW_DIR / "README.md").is_file()  # its card ships beside it
     pipe = load_pipeline(WORLD_FLOW)
     assert isinstance(pipe, StableDiffusion3Pipeline) and pipe.text_encoder_3 is None
     assert pipe.text_encoder is not pipe.text_encoder_2  # two copies: each CLIP slot gets its own adapter

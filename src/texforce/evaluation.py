@@ -115,7 +115,8 @@ def render(setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequen
             guidance_scale=args["guidance_scale"],
             generator=generators,
             output_type="pt",
-            **call_options(pipe, [""] * len(prompts), 0.0),  # "" encoded as in training (SDXL would use zeros)
+            # "" encoded as in training (SDXL would use zeros); SD3's and FLUX's T5 length as the run's
+            **call_options(pipe, [""] * len(prompts), 0.0, args.get("max_sequence_length")),
         )
         images.append(output.images.float().cpu())
     return torch.cat(images)

@@ -130,17 +130,21 @@ def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
     return pipe.transformer if is_flow_pipeline(pipe) else pipe.unet
 
 
-def call_options(pipe: DiffusionPipeline, negative_prompt: str | list[str], eta: float) -> dict:
+def call_options(
+    pipe: DiffusionPipeline, negative_prompt: str | list[str], eta: float, max_sequence_length: int | None = None
+) -> dict:
     """The keyword arguments of `pipe(...)` that differ by family: SD and SDXL take the negative prompt (encoded,
     as in training) and DDIM's eta; SD3 the negative prompt (its sampler is the deterministic Euler ODE); FLUX
-    neither (its guidance is an embedding, no negative branch)."""
+    neither (its guidance is an embedding, no negative branch). SD3 and FLUX also take the T5 length a run trained
+    with (`model.max_sequence_length`; unset: the pipeline's, none for an SD3 built without T5)."""
     if eta > 0 and is_flow_pipeline(pipe):
         raise TexforceError(f"eta {eta}: SD3 and FLUX render by the deterministic flow ODE; use eta 0")
-    if isinstance(pipe, FluxPipeline):
-        return {}
+    if not is_flow_pipeline(pipe):
+        return {"negative_prompt": negative_prompt, "eta": eta}
+    options = {} if isinstance(pipe, FluxPipeline) else {"negative_prompt": negative_prompt}
     if isinstance(pipe, StableDiffusion3Pipeline) and pipe.text_encoder_3 is None:
-        return {"negative_prompt": negative_prompt, "max_sequence_length": t5_free_length(pipe)}
-    return {"negative_prompt": negative_prompt} | ({} if is_flow_pipeline(pipe) else {"eta": eta})
+        max_sequence_length = t5_free_length(pipe, max_sequence_length)
+    return options | ({} if max_sequence_length is None else {"max_sequence_length": max_sequence_length})
 
 
 def t5_free_length(pipe: StableDiffusion3Pipeline, configured: int | None = None) -> int:

@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "steps": args.steps or defaults.sample.num_steps,
         "guidance_scale": defaults.sample.guidance_scale if args.guidance_scale is None else args.guidance_scale,
+        "max_sequence_length": defaults.model.max_sequence_length,
     }
     seeds = list(range(args.seed, args.seed + args.seeds))
     summaries = run_eval(base, setups, prompts, seeds, rewards, output, options)

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.unet_lora:
         load_adapter(pipe, args.unet_lora, "unet", base=base)
     reward = build_reward(reward_spec, device) if reward_spec != "none" else None
-    options = call_options(pipe, args.negative_prompt, args.eta)
+    options = call_options(pipe, args.negative_prompt, args.eta, defaults.model.max_sequence_length)
     pipe.to(device)
     images = []
     for prompt in prompts:

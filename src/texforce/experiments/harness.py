@@ -192,6 +192,7 @@ def evaluate(
         "dtype": config.model.dtype,
         "steps": settings.budget.eval_steps,
         "guidance_scale": config.sample.guidance_scale,
+        "max_sequence_length": config.model.max_sequence_length,
     }
     prompts = list(prompts)[: num_prompts or settings.budget.num_eval_prompts]
     seeds = list(seeds or settings.eval_seeds)
