@@ -50,7 +50,8 @@ def test_methods(docs, tiny_model_dir):
     assert [r[0].split(" ")[0] for r in rows] == ["base", "text-encoder", "U-Net", "text", "text"]
     assert all(re.fullmatch(NUMBER, r[1]) and re.fullmatch(NUMBER, r[3]) for r in rows)
     assert "±" in rows[1][1] and "±" not in rows[0][1]  # 2 training seeds give an interval; base has none
-    assert len(_rows(text, "comparison")) == 5
+    comparisons = [r[0] for r in _rows(text, "comparison")]
+    assert len(comparisons) == 6 and any(c.startswith("held-out gain, text LoRA vs U-Net LoRA") for c in comparisons)
     for name in ("eval_heldout", "eval_single"):
         assert (folder / name / "grid.png").is_file() and (folder / name / "summary.csv").is_file()
     index = (folder.parent / "experiments.md").read_text()
