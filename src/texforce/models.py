@@ -117,6 +117,7 @@ def with_sampling_scheduler(pipe: DiffusionPipeline) -> DiffusionPipeline:
 
 
 FLOW_PIPELINES = (StableDiffusion3Pipeline, FluxPipeline)
+T5_LENGTH = {StableDiffusion3Pipeline: 256, FluxPipeline: 512}  # each pipeline's default max_sequence_length
 PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline, *FLOW_PIPELINES)}
 
 
@@ -154,7 +155,7 @@ def t5_free_length(pipe: StableDiffusion3Pipeline, configured: int | None = None
     if configured is not None:
         return configured
     clip_width = sum(encoder.config.hidden_size for encoder in text_encoders(pipe).values())
-    return 0 if pipe.transformer.config.joint_attention_dim == clip_width else 256
+    return 0 if pipe.transformer.config.joint_attention_dim == clip_width else T5_LENGTH[StableDiffusion3Pipeline]
 
 
 def _pipeline_class(index: dict) -> type[DiffusionPipeline]:

@@ -22,6 +22,7 @@ from texforce.config import SharedConfig, TextLora2Config
 from texforce.errors import TexforceError
 from texforce.export import PEFT_PREFIX, PEFT_WEIGHTS, save_adapters
 from texforce.models import (
+    T5_LENGTH,
     add_lora,
     denoiser,
     is_flow_pipeline,
@@ -39,8 +40,6 @@ from texforce.sampling import (
     guided_noise_fn,
     sample_latents,
 )
-
-T5_LENGTH = {StableDiffusion3Pipeline: 256, FluxPipeline: 512}  # each pipeline's default max_sequence_length
 
 
 def tokenize(tokenizer, prompts: Sequence[str], max_length: int | None = None) -> torch.Tensor:

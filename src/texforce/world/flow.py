@@ -13,7 +13,6 @@ two CLIPs' (64 + 64), and it was trained on the CLIP tokens alone, so a stock ca
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -28,11 +27,13 @@ from transformers import CLIPTextModelWithProjection
 from transformers.utils import logging as transformers_logging
 
 from texforce.errors import TexforceError
+from texforce.runlog import write_text_atomic
 from texforce.tokenizer import build_clip_tokenizer
 from texforce.world import CLIP_IMAGE_DIR, MODEL_DIR, WORLD_FLOW_DIR
 from texforce.world.clip import TEXT_PROJECTION_FILE
 from texforce.world.detect import tensor_images
 from texforce.world.pool import render_web_pool
+from texforce.world.pretrain import step_with_ema, warmup_cosine
 
 Log = Callable[[str], None]
 STATS_FILE = "pretrain_stats.json"
@@ -167,19 +168,6 @@ def encode_pool(
     return torch.cat(means), torch.cat(stds), index, torch.cat(states), torch.cat(pooled)
 
 
-def _lr_factor(num_steps: int) -> Callable[[int], float]:
-    """Linear warm-up over 5 % of the steps, then cosine decay to 10 %."""
-    warmup = max(1, num_steps // 20)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, num_steps - warmup)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -216,7 +204,7 @@ def pretrain_flow(
     ema = build_transformer(cfg, width, pooled.shape[-1]).requires_grad_(False)
     ema.load_state_dict(transformer.state_dict())
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.steps, max(1, cfg.steps // 20)))
     generator = torch.Generator().manual_seed(cfg.seed + 3)
     stats: dict = {"config": asdict(cfg), "elapsed_s": 0.0, "losses": {}}
     step = 0
@@ -239,7 +227,7 @@ def pretrain_flow(
         pipe.scheduler.save_pretrained(out_dir / "scheduler")
         stats.update(steps_done=done, elapsed_s=round(time.perf_counter() - session_start, 1))
         stats["parameters"] = sum(p.numel() for p in ema.parameters())
-        (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        write_text_atomic(out_dir / STATS_FILE, json.dumps(stats, indent=2) + "\n")
         if done < cfg.steps:
             _atomic_save(
                 {
@@ -270,14 +258,7 @@ def pretrain_flow(
             hidden_states=noisy, encoder_hidden_states=states[rows], pooled_projections=pooled[rows], timestep=t * 1000
         ).sample
         loss = F.mse_loss(velocity, noise - x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(transformer.parameters()), 1 - decay)
+        step_with_ema(loss, transformer, ema, optimizer, schedule, step, cfg.ema_decay)
         step += 1
         if step == 1 or step % max(1, cfg.steps // 20) == 0:
             stats["losses"][str(step)] = round(loss.item(), 4)

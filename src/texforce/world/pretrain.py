@@ -108,8 +108,8 @@ def tiny_config(seed: int = 0) -> PretrainConfig:
     )
 
 
-def _lr_lambda(num_steps: int, warmup: int) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 10 %."""
+def warmup_cosine(num_steps: int, warmup: int) -> Callable[[int], float]:
+    """A `LambdaLR` factor: linear warm-up over `warmup` steps, then cosine decay to 10 %."""
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -118,6 +118,27 @@ def _lr_lambda(num_steps: int, warmup: int) -> Callable[[int], float]:
         return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def step_with_ema(
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    ema_decay: float,
+) -> None:
+    """One optimizer step on `loss` (gradient norm clipped to 1) and the EMA's update; the EMA's decay warms up as
+    (1 + step) / (10 + step) to `ema_decay`, so early weights do not linger."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
 def _every(step: int, num_steps: int) -> bool:
@@ -137,7 +158,7 @@ def train_clip(
         )
     token_ids = clip.tokenize(captions)  # (N, max_length)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.clip_learning_rate, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.clip_steps, cfg.clip_steps // 10 + 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.clip_steps, cfg.clip_steps // 10 + 1))
     generator = torch.Generator().manual_seed(cfg.seed)
     for step in range(cfg.clip_steps):
         index = torch.randint(len(captions), (cfg.clip_batch_size,), generator=generator)
@@ -172,7 +193,7 @@ def train_vae(cfg: PretrainConfig, images: np.ndarray, log: Log, init: Autoencod
     """Stage 2: object-weighted reconstruction (MSE + L1) with a weak KL term; from `init` or from scratch."""
     vae = init.train().requires_grad_(True) if init is not None else build_vae(cfg.vae_channels)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.vae_steps, cfg.vae_steps // 20 + 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.vae_steps, cfg.vae_steps // 20 + 1))
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     for step in range(cfg.vae_steps):
         index = torch.randint(len(images), (cfg.vae_batch_size,), generator=generator)
@@ -235,7 +256,7 @@ def train_unet(
     ema.load_state_dict(unet.state_dict())
     noise_scheduler = build_noise_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_learning_rate, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.unet_steps, cfg.unet_steps // 20 + 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.unet_steps, cfg.unet_steps // 20 + 1))
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     num_train_timesteps = noise_scheduler.config.num_train_timesteps
     for step in range(cfg.unet_steps):
@@ -251,14 +272,7 @@ def train_unet(
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, encoder_hidden_states=prompt_embeds[rows]).sample
         loss = F.mse_loss(prediction, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        decay = min(cfg.unet_ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - decay)
+        step_with_ema(loss, unet, ema, optimizer, scheduler, step, cfg.unet_ema_decay)
         if _every(step, cfg.unet_steps):
             log(f"unet step {step + 1}/{cfg.unet_steps} loss {loss.item():.4f}")
         if (step + 1) % cfg.unet_save_every == 0 and step + 1 < cfg.unet_steps:
