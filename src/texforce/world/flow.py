@@ -32,8 +32,8 @@ from texforce.tokenizer import build_clip_tokenizer
 from texforce.world import CLIP_IMAGE_DIR, MODEL_DIR, WORLD_FLOW_DIR
 from texforce.world.clip import TEXT_PROJECTION_FILE
 from texforce.world.detect import tensor_images
+from texforce.world.optim import step_with_ema, warmup_cosine
 from texforce.world.pool import render_web_pool
-from texforce.world.pretrain import step_with_ema, warmup_cosine
 
 Log = Callable[[str], None]
 STATS_FILE = "pretrain_stats.json"

@@ -37,6 +37,7 @@ from texforce.export import save_pipeline
 from texforce.world.architectures import build_noise_scheduler, build_unet, build_vae
 from texforce.world.clip import WorldClip, build_image_encoder, build_text_encoder
 from texforce.world.detect import segment_colors, tensor_images
+from texforce.world.optim import step_with_ema, warmup_cosine
 from texforce.world.pool import WEB_MIX, WebPool, render_web_pool
 from texforce.world.probes import clip_tag_probe, reconstruction_checks, steering_probe
 
@@ -106,39 +107,6 @@ def tiny_config(seed: int = 0) -> PretrainConfig:
         probe_every=2,
         unet_batch_size=4,
     )
-
-
-def warmup_cosine(num_steps: int, warmup: int) -> Callable[[int], float]:
-    """A `LambdaLR` factor: linear warm-up over `warmup` steps, then cosine decay to 10 %."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, num_steps - warmup)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def step_with_ema(
-    loss: torch.Tensor,
-    model: torch.nn.Module,
-    ema: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    step: int,
-    ema_decay: float,
-) -> None:
-    """One optimizer step on `loss` (gradient norm clipped to 1) and the EMA's update; the EMA's decay warms up as
-    (1 + step) / (10 + step) to `ema_decay`, so early weights do not linger."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    schedule.step()
-    decay = min(ema_decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
 def _every(step: int, num_steps: int) -> bool:
