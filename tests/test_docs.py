@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -98,3 +99,17 @@ def test_the_readme_is_a_front_page_whose_links_resolve():
     assert "pip install -e" in first_block and "texforce train" in first_block and "python -m pytest -q" in first_block
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
         assert target.startswith("http") or (ROOT / target).exists(), target
+
+
+def test_the_results_index_gives_each_generated_page_its_verdict():
+    """docs/results/index.md repeats each claims page's verdict (from its meta.json) on the row of the same claim."""
+    index = (ROOT / "docs" / "results" / "index.md").read_text().splitlines()
+    metas = sorted((ROOT / "docs").glob("*/meta.json"))
+    pages = [path for path in metas if "verdicts" in json.loads(path.read_text())]
+    assert {path.parent.name for path in pages} >= {"methods", "fusion", "curves", "hacking"}
+    for path in pages:
+        for verdict in json.loads(path.read_text())["verdicts"]:
+            rows = [line for line in index if line.startswith(f"| {verdict['claim']} |")]
+            assert len(rows) == 1, f"no row for {path.parent.name}'s claim {verdict['claim']!r}"
+            outcome = verdict["outcome"]
+            assert f"| {outcome}" in rows[0], f"{path.parent.name}: {verdict['claim']!r} is {outcome} on its page"

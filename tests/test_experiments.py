@@ -44,12 +44,26 @@ def _rows(text, first_header):
 NUMBER = r"-?\d+\.\d{4}( ± \d+\.\d{4})?"
 
 
+def _verdicts(folder, text, count):
+    """The page opens with its claims' verdicts, the same ones its meta.json records."""
+    verdicts = json.loads((folder / "meta.json").read_text())["verdicts"]
+    assert len(verdicts) == count
+    assert text.index("## Verdict\n") < text.index("\n## ", text.index("## Verdict\n") + 1)
+    rows = _rows(text, "claim")
+    assert [r[0] for r in rows] == [v["claim"] for v in verdicts]
+    for row, v in zip(rows, verdicts, strict=True):
+        assert v["outcome"] in ("confirmed", "refuted", "inconclusive") and row[2].startswith(f"**{v['outcome']}**")
+    return verdicts
+
+
 def test_methods(docs, tiny_model_dir):
     folder, text = _run("methods", docs, tiny_model_dir, "--seeds", "2")
     rows = _rows(text, "method")
     assert [r[0].split(" ")[0] for r in rows] == ["base", "text-encoder", "U-Net", "text", "text"]
     assert all(re.fullmatch(NUMBER, r[1]) and re.fullmatch(NUMBER, r[3]) for r in rows)
     assert "±" in rows[1][1] and "±" not in rows[0][1]  # 2 training seeds give an interval; base has none
+    claims = [v["claim"] for v in _verdicts(folder, text, 3)]
+    assert claims[2] == "text tuning keeps semantics better than U-Net tuning at equal reward gain"
     comparisons = [r[0] for r in _rows(text, "comparison")]
     assert len(comparisons) == 6 and any(c.startswith("held-out gain, text LoRA vs U-Net LoRA") for c in comparisons)
     for name in ("eval_heldout", "eval_single"):
@@ -67,12 +81,14 @@ def test_curves_reuse_the_methods_runs(docs, tiny_model_dir):
     assert (folder / "curve_jpeg_compressibility.svg").is_file()
     rows = _rows(text, "epoch")
     assert rows[0][0] == "1" and all(re.fullmatch(NUMBER, cell) for cell in rows[0][1:])
+    assert "`jpeg_compressibility`: gain text" in _verdicts(folder, text, 1)[0]["evidence"]
 
 
 def test_fusion(docs, tiny_model_dir):
     folder, text = _run("fusion", docs, tiny_model_dir)
     rows = _rows(text, "adapter")
     assert [r[0].split(" ")[0] for r in rows] == ["base", "counting", "relations", "fused"]
+    assert _verdicts(folder, text, 1)[0]["claim"] == "fused task adapters keep both gains"
     assert (folder / "eval_count" / "grid.png").is_file() and (folder / "eval_relation" / "grid.png").is_file()
 
 
@@ -80,6 +96,7 @@ def test_hacking(docs, tiny_model_dir):
     folder, text = _run("hacking", docs, tiny_model_dir, "--proxy", "world_clipscore")
     assert len(_rows(text, "epoch")) == 1
     assert "diverge" in text.lower()
+    assert "reward hacking" in _verdicts(folder, text, 1)[0]["claim"]
     assert (folder / "curve_proxy.svg").is_file() and (folder / "curve_judge.svg").is_file()
     index = (folder.parent / "experiments.md").read_text()
     assert all(f"[{name}]({name}/results.md)" in index for name in ("methods", "curves", "fusion", "hacking"))

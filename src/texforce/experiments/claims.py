@@ -13,6 +13,15 @@ from pathlib import Path
 from texforce.evaluation import AdapterSetup
 from texforce.experiments.harness import Settings, across_seeds, arm_config, evaluate, lora, phase, train_arm
 from texforce.experiments.page import prompt_list, standalone_svg, table
+from texforce.experiments.verdicts import (
+    beats_each,
+    better_at_equal_gain,
+    differ,
+    keeps_gains,
+    over_optimised,
+    raises,
+    signed,
+)
 from texforce.export import fuse_adapter_files
 from texforce.prompts import load_prompt_set
 from texforce.report import line_chart
@@ -65,14 +74,37 @@ def methods(settings: Settings) -> str:
     body = "## Alignment on held-out prompts, and semantics preservation\n\n"
     body += table(["method", f"held-out `{judge}`", "Δ vs base", f"`single` family `{judge}`", "Δ vs base"], rows)
     body += (
-        f"\nEach seed's mean is over {n_images['heldout']} held-out images (`world` held-out prompts: counts, "
-        f"relations, held-out compositions) and {n_images['single']} single-object images (the `single` family, "
-        "never trained on: a drop there means the tuning damaged what the model already knew). The base row has "
-        "no training seed, so no interval.\n\n"
+        f"\nEach seed's mean is over {n_images['heldout']} held-out images (the first held-out prompts of the "
+        f"arms' training set, never trained on: single objects, counts, relations) and {n_images['single']} "
+        "images of held-out single-object prompts (the `single` family, what the base model already draws best: a "
+        "drop there means the tuning damaged what the model already knew). The base row has no training seed, so no "
+        "interval.\n\n"
         f"Held-out prompts: {prompt_list(prompt_sets['heldout'])}\n\nSingle-object prompts: "
-        f"{prompt_list(prompt_sets['single'])}\n\n## Verdicts (95% intervals overlapping = no clear difference)\n\n"
+        f"{prompt_list(prompt_sets['single'])}\n\n## Comparisons (95% intervals overlapping = no clear difference)\n\n"
     )
     h, s = scores["heldout"], scores["single"]
+    kept = {m: _delta(s[m], s["base"]) for m in ("text", "unet")}
+    settings.verdicts += [
+        raises(
+            "text-encoder RL (DDPO) raises held-out alignment",
+            h["text"],
+            h["base"],
+            f"base {h['base']} → text LoRA {h['text']}",
+        ),
+        beats_each(
+            "a text adapter stacked on a separately trained U-Net adapter beats each alone",
+            h["stacked"],
+            [h["text"], h["unet"]],
+            f"stacked {h['stacked']} · text alone {h['text']} · U-Net alone {h['unet']}",
+        ),
+        better_at_equal_gain(
+            "text tuning keeps semantics better than U-Net tuning at equal reward gain",
+            (h["text"], h["unet"]),
+            (kept["text"], kept["unet"]),
+            f"held-out: text {h['text']} · U-Net {h['unet']}; change on `single`: text {signed(kept['text'])} · "
+            f"U-Net {signed(kept['unet'])}",
+        ),
+    ]
     verdicts = [
         ("text LoRA vs base, held-out alignment", compare(h["text"], h["base"])),
         ("U-Net LoRA vs base, held-out alignment", compare(h["unet"], h["base"])),
@@ -138,9 +170,17 @@ def fusion(settings: Settings, weights: Sequence[float] = (0.5, 0.5)) -> str:
         f"{', '.join(f'{w:g}' for w in weights)}), no further training; seed i's fused adapter sums seed i's "
         "task adapters.\n\n"
         f"Counting prompts: {prompt_list(prompt_sets['count'])}\n\nRelation prompts: "
-        f"{prompt_list(prompt_sets['relation'])}\n\n## Verdicts\n\n"
+        f"{prompt_list(prompt_sets['relation'])}\n\n## Comparisons\n\n"
     )
     c, r = scores["count"], scores["relation"]
+    settings.verdicts.append(
+        keeps_gains(
+            "fused task adapters keep both gains",
+            [(c["fused"], c["count"], c["base"]), (r["fused"], r["relation"], r["base"])],
+            f"counting prompts: base {c['base']} · counting adapter {c['count']} · fused {c['fused']}; relation "
+            f"prompts: base {r['base']} · relations adapter {r['relation']} · fused {r['fused']}",
+        )
+    )
     verdicts = [
         ("fused vs base, counting", compare(c["fused"], c["base"])),
         ("fused vs base, relations", compare(r["fused"], r["base"])),
@@ -177,7 +217,7 @@ def curves(settings: Settings) -> str:
         "world_score": {"text": "world_text", "unet": "world_unet"},
         "jpeg_compressibility": {"text": "world_text_jpeg", "unet": "world_unet_jpeg"},
     }
-    body = ""
+    body, pairs, evidence = "", [], []
     for reward, pair in arms.items():
         with phase(settings, "train"):
             runs = {
@@ -192,13 +232,22 @@ def curves(settings: Settings) -> str:
         body += f"## Trained on `{trained_on}`\n\n![{reward}](curve_{reward}.svg)\n\n"
         rows = [[epoch + 1, t, u] for epoch, (t, u) in enumerate(zip(measured["text"], measured["unet"], strict=True))]
         body += table(["epoch", "text LoRA", "U-Net LoRA"], rows)
-        gains = {arm: c[-1].mean - c[0].mean for arm, c in measured.items()}
-        body += (
-            f"\nGain from the first to the last epoch: text {gains['text']:+.4f}, U-Net {gains['unet']:+.4f}. "
-            "Values are the mean reward of each epoch's training samples (stochastic DDIM, eta 1), as logged in "
-            "metrics.jsonl: epoch e's samples come from the policy after e − 1 updates, so epoch 1 is the base "
-            "model. The band and ± are the 95% t-interval across seeds.\n\n"
+        gains = {arm: estimate([c[-1] - c[0] for c in map(epoch_rewards, r)]) for arm, r in runs.items()}
+        rises = {arm: estimate([sum(c) / len(c) - c[0] for c in map(epoch_rewards, r)]) for arm, r in runs.items()}
+        pairs += [(gains["text"], gains["unet"]), (rises["text"], rises["unet"])]
+        evidence.append(
+            f"`{trained_on}`: gain text {signed(gains['text'])} · U-Net {signed(gains['unet'])}; mean rise over the "
+            f"epochs text {signed(rises['text'])} · U-Net {signed(rises['unet'])}"
         )
+        body += (
+            f"\nGain from the first to the last epoch: text {signed(gains['text'])}, U-Net {signed(gains['unet'])}; "
+            f"mean rise over all epochs (how fast it gains): text {signed(rises['text'])}, U-Net "
+            f"{signed(rises['unet'])}. Values are the mean reward of each epoch's training samples (stochastic DDIM, "
+            "eta 1), as logged in metrics.jsonl: epoch e's samples come from the policy after e − 1 updates, so epoch "
+            "1 is the base model. The band and ± are the 95% t-interval across seeds (per seed: last − first epoch, "
+            "and the mean over epochs − the first).\n\n"
+        )
+    settings.verdicts.append(differ("text-encoder and U-Net tuning progress differently", pairs, "; ".join(evidence)))
     return body
 
 
@@ -234,6 +283,17 @@ def hacking(settings: Settings) -> str:
         for label, names in (("base model", ["base"]), ("text LoRA trained on the learned reward", labels))
     ]
     body += table(["model", f"`{proxy}`", f"`{judge}`"], rows)
+    judged = (rows[1][2], rows[0][2])
+    settings.verdicts.append(
+        over_optimised(
+            f"optimising the learned `{proxy}` loses the exact `{judge}` (reward hacking)",
+            per_epoch[proxy],
+            per_epoch[judge],
+            judged,
+            f"per epoch, first → last: learned {per_epoch[proxy][0]} → {per_epoch[proxy][-1]}, exact "
+            f"{per_epoch[judge][0]} → {per_epoch[judge][-1]}; held-out exact: base {judged[1]} → {judged[0]}",
+        )
+    )
     body += f"\nHeld-out prompts: {prompt_list(prompts)}\n\n![held-out](eval_heldout/grid.png)\n"
     return body
 

@@ -24,6 +24,7 @@ import torch
 
 from texforce.errors import TexforceError
 from texforce.evaluation import AdapterSetup, Summary, run_eval
+from texforce.experiments.verdicts import Verdict
 from texforce.run_config import RunConfig, load_config
 from texforce.stats import Estimate, estimate
 
@@ -106,6 +107,7 @@ class Settings:
     arms: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     trained: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     evaluated: list[int] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)  # filled in: the claims' verdicts, shown first on the page
 
     @property
     def seeds(self) -> list[int]:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from texforce.experiments.harness import Settings, machine
+from texforce.experiments.verdicts import section
+from texforce.runlog import write_text_atomic
 
 INDEX = "experiments.md"
 SVG_STYLE = (
@@ -59,10 +61,13 @@ def write_results(settings: Settings, name: str, title: str, claim: str, body: s
         "Intervals: ± is the half-width of a two-sided 95% Student-t interval across training seeds (n = seeds) of "
         "each seed's mean score over all evaluation images, unless a table says otherwise.\n",
     ]
+    verdicts = section(settings.verdicts) if settings.verdicts else ""
     path = settings.output / "results.md"
-    path.write_text("\n".join(header) + "\n" + body)
+    write_text_atomic(path, "\n".join(header) + "\n" + verdicts + body)
     meta = {"experiment": name, "title": title, "budget": b.name, "seeds": settings.num_seeds, "seconds": seconds}
-    (settings.output / "meta.json").write_text(json.dumps(meta, indent=2))
+    if settings.verdicts:
+        meta["verdicts"] = [v.as_dict() for v in settings.verdicts]
+    write_text_atomic(settings.output / "meta.json", json.dumps(meta, indent=2))
     write_index(settings.output.parent)
     return path
 
@@ -82,5 +87,5 @@ def write_index(root: Path) -> Path:
         + table(["experiment", "claim", "budget", "training seeds", "wall time (s)"], rows)
     )
     path = root / INDEX
-    path.write_text(text)
+    write_text_atomic(path, text)
     return path
