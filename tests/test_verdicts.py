@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from texforce.experiments.page import verdict_section
 from texforce.experiments.verdicts import (
     CONFIRMED,
     INCONCLUSIVE,
@@ -12,7 +13,6 @@ from texforce.experiments.verdicts import (
     keeps_gains,
     over_optimised,
     raises,
-    section,
 )
 from texforce.stats import Estimate
 
@@ -74,6 +74,6 @@ def test_over_optimised():
 
 
 def test_section_lists_every_claim_with_its_verdict():
-    text = section([raises("text RL raises alignment", E(0.5, 0.1), E(0.3, 0, 1), "0.3 → 0.5")])
+    text = verdict_section([raises("text RL raises alignment", E(0.5, 0.1), E(0.3, 0, 1), "0.3 → 0.5")])
     assert text.startswith("## Verdict\n")
     assert "| text RL raises alignment | 0.3 → 0.5 | **confirmed**: the interval lies above the comparison |" in text

@@ -232,8 +232,9 @@ def curves(settings: Settings) -> str:
         body += f"## Trained on `{trained_on}`\n\n![{reward}](curve_{reward}.svg)\n\n"
         rows = [[epoch + 1, t, u] for epoch, (t, u) in enumerate(zip(measured["text"], measured["unet"], strict=True))]
         body += table(["epoch", "text LoRA", "U-Net LoRA"], rows)
-        gains = {arm: estimate([c[-1] - c[0] for c in map(epoch_rewards, r)]) for arm, r in runs.items()}
-        rises = {arm: estimate([sum(c) / len(c) - c[0] for c in map(epoch_rewards, r)]) for arm, r in runs.items()}
+        series = {arm: [epoch_rewards(run) for run in r] for arm, r in runs.items()}  # per seed, per epoch
+        gains = {arm: estimate([c[-1] - c[0] for c in s]) for arm, s in series.items()}
+        rises = {arm: estimate([sum(c) / len(c) - c[0] for c in s]) for arm, s in series.items()}
         pairs += [(gains["text"], gains["unet"]), (rises["text"], rises["unet"])]
         evidence.append(
             f"`{trained_on}`: gain text {signed(gains['text'])} · U-Net {signed(gains['unet'])}; mean rise over the "

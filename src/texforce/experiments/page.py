@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from texforce.experiments.harness import Settings, machine
-from texforce.experiments.verdicts import section
+from texforce.experiments.verdicts import Verdict
 from texforce.runlog import write_text_atomic
 
 INDEX = "experiments.md"
@@ -31,6 +31,12 @@ def standalone_svg(svg: str) -> str:
     svg = svg.replace(" ± std: ", " ± 95% CI: ")
     head, sep, rest = svg.partition(">")
     return head.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1) + sep + SVG_STYLE + rest + "\n"
+
+
+def verdict_section(verdicts: Sequence[Verdict]) -> str:
+    """The page's `## Verdict` section: one row per claim, with its evidence, outcome and reason."""
+    rows = [[v.claim, v.evidence, f"**{v.outcome}**: {v.reason}"] for v in verdicts]
+    return "## Verdict\n\n" + table(["claim", "measured", "verdict"], rows) + "\n"
 
 
 def prompt_list(prompts: Sequence[str], limit: int = 6) -> str:
@@ -61,7 +67,7 @@ def write_results(settings: Settings, name: str, title: str, claim: str, body: s
         "Intervals: ± is the half-width of a two-sided 95% Student-t interval across training seeds (n = seeds) of "
         "each seed's mean score over all evaluation images, unless a table says otherwise.\n",
     ]
-    verdicts = section(settings.verdicts) if settings.verdicts else ""
+    verdicts = verdict_section(settings.verdicts) if settings.verdicts else ""
     path = settings.output / "results.md"
     write_text_atomic(path, "\n".join(header) + "\n" + verdicts + body)
     meta = {"experiment": name, "title": title, "budget": b.name, "seeds": settings.num_seeds, "seconds": seconds}

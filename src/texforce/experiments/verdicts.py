@@ -32,9 +32,14 @@ class Verdict:
         return asdict(self)
 
 
+def _directed(a: Estimate, b: Estimate) -> str:
+    """CONFIRMED when `a`'s interval lies above `b`'s, REFUTED when below, else INCONCLUSIVE."""
+    return {"higher": CONFIRMED, "lower": REFUTED}.get(compare(a, b), INCONCLUSIVE)
+
+
 def raises(claim: str, after: Estimate, before: Estimate, evidence: str) -> Verdict:
     """Claim `after` > `before`: confirmed when its interval is above, refuted when below."""
-    outcome = {"higher": CONFIRMED, "lower": REFUTED}.get(compare(after, before), INCONCLUSIVE)
+    outcome = _directed(after, before)
     reason = {
         CONFIRMED: "the interval lies above the comparison",
         REFUTED: "the interval lies below the comparison",
@@ -59,7 +64,7 @@ def better_at_equal_gain(
     """Claim A keeps more than B at equal gain: judged only when the `gains` (A, B) do not differ; `kept` decides."""
     if compare(*gains) != "no clear difference":
         return Verdict(claim, evidence, INCONCLUSIVE, "the two gains differ, so they are not at equal gain")
-    outcome = {"higher": CONFIRMED, "lower": REFUTED}.get(compare(*kept), INCONCLUSIVE)
+    outcome = _directed(*kept)
     reason = {
         CONFIRMED: "at equal gain (intervals overlap), the first keeps more, intervals apart",
         REFUTED: "at equal gain (intervals overlap), the first keeps less, intervals apart",
@@ -96,13 +101,6 @@ def _equivalent(a: Estimate, b: Estimate) -> bool:
     """The 95% interval of `a - b` (half-widths combined in quadrature) lies within ± EQUIVALENCE · max(|a|, |b|)."""
     half_width = math.hypot(a.ci, b.ci)
     return abs(a.mean - b.mean) + half_width <= EQUIVALENCE * max(abs(a.mean), abs(b.mean))
-
-
-def section(verdicts: Sequence[Verdict]) -> str:
-    """The page's `## Verdict` section: one row per claim."""
-    lines = ["## Verdict\n", "| claim | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {v.claim} | {v.evidence} | **{v.outcome}**: {v.reason} |" for v in verdicts]
-    return "\n".join(lines) + "\n\n"
 
 
 def over_optimised(
