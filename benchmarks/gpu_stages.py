@@ -29,7 +29,6 @@ from benchmarks.gpu_plan import (
     plan,
     pooled_arms,
 )
-from texforce.evaluation import AdapterSetup
 from texforce.experiments import BUDGETS, run_experiment
 from texforce.experiments.harness import (
     Budget,
@@ -40,6 +39,7 @@ from texforce.experiments.harness import (
     arm_run,
     evaluate,
 )
+from texforce.observe.evaluation import AdapterSetup
 from texforce.prompts import load_prompt_set
 
 ROOT = Path(__file__).resolve().parents[1]

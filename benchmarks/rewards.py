@@ -22,7 +22,7 @@ import torch
 from transformers import BlipTextConfig, BlipVisionConfig, CLIPConfig, CLIPModel
 
 from benchmarks.timing import append_json_lines, seconds_per_call
-from texforce.rewards.base import RewardFn
+from texforce.reward_fn import RewardFn
 from texforce.rewards.clip import AestheticReward, CLIPEmbedder, CLIPSimilarityReward, MLPHead
 from texforce.rewards.hps import build_vit_h14_config
 from texforce.rewards.imagereward import (

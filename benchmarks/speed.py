@@ -42,11 +42,11 @@ import torch
 import transformers
 
 from benchmarks.timing import append_json_lines, timed_calls
-from texforce.models import attention_kernels
-from texforce.run_config import load_config
-from texforce.runlog import RunLogger
+from texforce.bases.loading import attention_kernels
+from texforce.observe.runlog import RunLogger
+from texforce.run.run_config import load_config
+from texforce.run.trainer import Trainer, epoch_generator
 from texforce.sampling import Trajectory, guided_noise_fn, step_with_logprob
-from texforce.trainer import Trainer, epoch_generator
 
 PROMPT = "A photo of a hand"
 OPTIONS = {  # the texforce modes' model options

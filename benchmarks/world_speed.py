@@ -27,9 +27,9 @@ import torch
 
 from benchmarks.timing import append_json_lines
 from texforce.experiments.harness import machine
-from texforce.run_config import load_config
-from texforce.runlog import RunLogger
-from texforce.trainer import Trainer
+from texforce.observe.runlog import RunLogger
+from texforce.run.run_config import load_config
+from texforce.run.trainer import Trainer
 
 SMOKE = [  # the tiny random model, reading world prompts: seconds on a CPU
     "model.base=texforce/tiny-random",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from texforce.architectures import build_tiny_pipeline, build_tiny_sdxl_pipeline
-from texforce.run_config import load_config
+from texforce.bases.sd import build_tiny_pipeline, build_tiny_sdxl_pipeline
+from texforce.run.run_config import load_config
 
 
 @pytest.fixture(scope="session")

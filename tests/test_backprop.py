@@ -12,11 +12,11 @@ from conftest import tiny_overrides
 from safetensors.torch import load_file
 
 from texforce.errors import TexforceError
-from texforce.run import train_run
-from texforce.run_config import load_config
-from texforce.runlog import RunLogger
+from texforce.observe.runlog import RunLogger
+from texforce.run.run_config import load_config
+from texforce.run.train import train_run
+from texforce.run.trainer import Trainer
 from texforce.sampling import guided_noise_fn
-from texforce.trainer import Trainer
 
 BACKPROP = {"train__algorithm": "backprop", "reward": "world_clipscore", "sample__eta": 0.0}
 

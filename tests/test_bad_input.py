@@ -11,13 +11,13 @@ import torch
 from conftest import tiny_overrides
 from PIL import Image
 
-from texforce.architectures import build_tiny_pipeline
+from texforce.adapters.files import save_adapters
+from texforce.bases.loading import add_lora, load_pipeline
+from texforce.bases.sd import build_tiny_pipeline
 from texforce.cli.main import main
 from texforce.config import LoraConfig
-from texforce.export import save_adapters
-from texforce.models import add_lora, load_pipeline
-from texforce.run import run_lock
-from texforce.run_config import load_config, save_config
+from texforce.run.run_config import load_config, save_config
+from texforce.run.train import run_lock
 
 
 def fails(capsys, argv: list[str], message: str) -> str:
@@ -37,7 +37,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the error")
 
-    monkeypatch.setattr("texforce.models.prepare_pipeline", refuse)
+    monkeypatch.setattr("texforce.bases.loading.prepare_pipeline", refuse)
 
 
 def train_fails(capsys, tiny_model_dir, tmp_path, message: str, *overrides: str) -> None:
@@ -227,7 +227,7 @@ def test_eval_with_an_adapter_of_another_base_fails_before_rendering(
     def refuse(*args, **kwargs):
         raise AssertionError("rendered before the adapters were checked")
 
-    monkeypatch.setattr("texforce.evaluation.render", refuse)
+    monkeypatch.setattr("texforce.observe.evaluation.render", refuse)
     configs = ["--config", "base", "--config", f"text={adapters['r4']}", "--config", f"text={adapters['other']}"]
     argv = ["eval", "--model", str(tiny_model_dir), *configs, "-o", str(tmp_path / "eval")]
     fails(capsys, argv, misfit(adapters["other"], tiny_model_dir))
@@ -315,7 +315,7 @@ def test_resume_of_a_run_another_process_trains_in(capsys, tiny_model_dir, tmp_p
     run = tmp_path / "run"
     run.mkdir()
     save_config(load_config(None, tiny_overrides(tiny_model_dir, tmp_path)), run / "config.yaml")
-    monkeypatch.setattr("texforce.trainer.Policy", lambda *a: pytest.fail("a model was loaded before the error"))
+    monkeypatch.setattr("texforce.run.trainer.Policy", lambda *a: pytest.fail("a model was loaded before the error"))
     with run_lock(run):  # as the other process holds it
         owner = (run / ".lock").read_text().strip()
         message = f"run folder {run} is in use by {owner}, which is training in it; wait for it to end or stop it"

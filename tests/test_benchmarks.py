@@ -25,7 +25,7 @@ def test_speed_benchmark_smoke(arch):
 
 def test_speed_benchmark_options_smoke(monkeypatch, tmp_path):
     """channels_last and compile modes (compiled by dynamo's eager backend here: inductor takes minutes on the CPU)."""
-    monkeypatch.setattr("texforce.models.COMPILE_BACKEND", "eager")
+    monkeypatch.setattr("texforce.bases.loading.COMPILE_BACKEND", "eager")
     module = importlib.import_module("benchmarks.speed")
     figures = module.main(["--smoke", "--modes", "channels_last,compile", "--json", str(tmp_path / "f.jsonl")])
     options = {f["mode"]: f["options"] for f in figures}

@@ -5,8 +5,8 @@ import re
 import pytest
 import torch
 
-from texforce.checkpoint import complete_checkpoints, load_checkpoint_state, write_checkpoint
 from texforce.errors import TexforceError
+from texforce.training.checkpoint import complete_checkpoints, load_checkpoint_state, write_checkpoint
 
 
 def write_adapter(folder):

@@ -2,7 +2,7 @@ import pytest
 
 from texforce.config import to_dict
 from texforce.errors import TexforceError
-from texforce.run_config import builtin_configs, load_config
+from texforce.run.run_config import builtin_configs, load_config
 
 
 def test_defaults_are_the_papers():

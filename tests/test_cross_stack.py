@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from texforce.world import MODEL_DIR
-from texforce.world.evaluate import load_world_pipeline
+from texforce.world.judges.evaluate import load_world_pipeline
 
 HERE = Path(__file__).parent / "fixtures" / "cross_stack"
 spec = importlib.util.spec_from_file_location("make_cross_stack_goldens", HERE / "make_cross_stack_goldens.py")

@@ -8,12 +8,12 @@ from diffusers import DDIMScheduler
 from safetensors.torch import load_file
 from test_trainer import first_batch, gradients, make_trainer
 
-from texforce.checkpoint import STATE_FILE, complete_checkpoints
-from texforce.ema import ParameterEMA
 from texforce.errors import TexforceError
-from texforce.run import train_run
-from texforce.run_config import load_config
+from texforce.run.ema import ParameterEMA
+from texforce.run.run_config import load_config
+from texforce.run.train import train_run
 from texforce.sampling import ddim_step, sample_latents, step_kl, step_with_logprob
+from texforce.training.checkpoint import STATE_FILE, complete_checkpoints
 
 
 def perturb_lora(trainer, std: float = 0.05) -> None:

@@ -7,12 +7,13 @@ import pytest
 from conftest import tiny_overrides
 from PIL import Image
 
-from texforce import evaluation, models
+from texforce.bases import loading as models
 from texforce.cli.main import main
-from texforce.defaults import choose_base, config_for, judge
-from texforce.evaluation import Summary
+from texforce.observe import evaluation
+from texforce.observe.evaluation import Summary
 from texforce.prompts import load_prompt_set
-from texforce.run_config import RunConfig, load_config
+from texforce.run.defaults import choose_base, config_for, judge
+from texforce.run.run_config import RunConfig, load_config
 
 
 @pytest.fixture(scope="module")

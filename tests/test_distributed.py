@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from texforce.run import train_run
+from texforce.run.train import train_run
 
 TOLERANCE = 1e-3  # a tenth of one AdamW step at lr 1e-2; a wrong split or a missing all-reduce moves weights by ~lr.
 # Measured on torch 2.13: 2.2e-4 (text encoder k_proj lora_B: softmax is blind to part of a key's change, so that

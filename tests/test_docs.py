@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 
 from texforce.cli.main import build_parser
-from texforce.reference import cli_reference, config_reference, documented_keys, reference_pages
-from texforce.run_config import RunConfig, load_config
+from texforce.cli.reference import cli_reference, config_reference, documented_keys, reference_pages
+from texforce.run.run_config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_the_site_builds_strict(tmp_path):
 def test_the_committed_references_are_the_generated_ones():
     for name, text in reference_pages().items():
         committed = (ROOT / "docs" / "reference" / name).read_text()
-        assert committed == text, f"docs/reference/{name} is stale: run python -m texforce.reference"
+        assert committed == text, f"docs/reference/{name} is stale: run python -m texforce.cli.reference"
 
 
 def accepted_keys(cls: type, prefix: str = "") -> list[str]:

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+from texforce.adapters.files import save_adapters
+from texforce.bases.loading import add_lora, load_pipeline
 from texforce.cli.main import main
 from texforce.config import LoraConfig, UNetLoraConfig
-from texforce.evaluation import summarise
-from texforce.export import save_adapters
 from texforce.images import MIN_CAPTIONED_SIDE
-from texforce.models import add_lora, load_pipeline
+from texforce.observe.evaluation import summarise
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from PIL import Image
 
 import texforce.experiments
 from texforce.cli.main import build_parser, main
-from texforce.run_config import builtin_configs
+from texforce.run.run_config import builtin_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 STAND_INS = {  # the files examples name that are the user's own, as empty adapters or small files
@@ -50,14 +50,14 @@ STAND_INS = {  # the files examples name that are the user's own, as empty adapt
 OPTIONAL = {"wandb"}  # packages examples use that a test machine need not have
 WORK = [  # where commands start their work: loading a model or a reward, or the world's builds (a new one joins)
     "diffusers.StableDiffusionPipeline.from_pretrained",
-    "texforce.models.prepare_pipeline",
-    "texforce.policy.prepare_pipeline",
+    "texforce.bases.loading.prepare_pipeline",
+    "texforce.algorithms.policy.prepare_pipeline",
     "texforce.rewards.load_reward",
-    "texforce.world.pretrain.pretrain",
-    "texforce.world.flow.pretrain_flow",
-    "texforce.world.evaluate.validate_reward",
-    "texforce.world.preference.build_preference",
-    "texforce.world.ceiling.measure_ceiling",
+    "texforce.world.models.pretrain.pretrain",
+    "texforce.world.models.flow.pretrain_flow",
+    "texforce.world.judges.evaluate.validate_reward",
+    "texforce.world.judges.preference.build_preference",
+    "texforce.world.headroom.ceiling.measure_ceiling",
 ]
 
 
@@ -257,11 +257,11 @@ def test_the_library_quickstart_is_shown():
 @pytest.mark.parametrize("where, code", PYTHON, ids=[w for w, _ in PYTHON])
 def test_python_example_runs(where, code, tmp_path, monkeypatch):
     """As pasted, except that every config it loads gets TINY's overrides last; the files it writes are checked."""
-    import texforce.run_config
+    import texforce.run.run_config
 
-    load_config = texforce.run_config.load_config
+    load_config = texforce.run.run_config.load_config
     monkeypatch.setattr(
-        texforce.run_config, "load_config", lambda path=None, overrides=(): load_config(path, [*overrides, *TINY])
+        texforce.run.run_config, "load_config", lambda path=None, overrides=(): load_config(path, [*overrides, *TINY])
     )
     monkeypatch.chdir(tmp_path)
     exec(compile(code, where, "exec"), {})

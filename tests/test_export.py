@@ -9,11 +9,11 @@ from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from texforce.architectures import build_tiny_pipeline, build_tiny_sdxl_pipeline
+from texforce.adapters.files import fuse_adapters, load_adapter, save_adapters, save_pipeline
+from texforce.bases.loading import add_lora, peft_lora_config
+from texforce.bases.sd import build_tiny_pipeline, build_tiny_sdxl_pipeline
 from texforce.config import LoraConfig, UNetLoraConfig
 from texforce.errors import TexforceError
-from texforce.export import fuse_adapters, load_adapter, save_adapters, save_pipeline
-from texforce.models import add_lora, peft_lora_config
 
 
 def trained_pipeline(alpha: float = 8.0, seed: int = 1):

@@ -12,11 +12,11 @@ from conftest import tiny_overrides
 from safetensors.torch import load_file
 from test_trainer import first_batch, make_trainer
 
-from texforce import trainer as trainer_module
-from texforce.checkpoint import complete_checkpoints
 from texforce.cli.main import main
 from texforce.rewards import RewardOutput, build_reward
-from texforce.run import train_run
+from texforce.run import trainer as trainer_module
+from texforce.run.train import train_run
+from texforce.training.checkpoint import complete_checkpoints
 
 TRAIN_BATCH, CHUNK = 8, 4  # samples per epoch and per sampling batch in tiny_overrides; eval batches have 2
 
@@ -84,7 +84,7 @@ def test_nonfinite_gradient_never_reaches_the_weights(tiny_model_dir, tmp_path):
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(monkeypatch, tiny_model_dir, tmp_path, capsys):
-    from texforce import checkpoint
+    from texforce.training import checkpoint
 
     real_save = torch.save
 
@@ -109,7 +109,7 @@ def test_disk_full_before_the_first_checkpoint_says_so_and_leaves_no_run_folder(
     monkeypatch, tiny_model_dir, tmp_path, capsys
 ):
     """Was: "the previous checkpoint is intact" when there was none, and a half-made run folder."""
-    from texforce import checkpoint
+    from texforce.training import checkpoint
 
     def save(state, path, *args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -123,7 +123,7 @@ def test_disk_full_before_the_first_checkpoint_says_so_and_leaves_no_run_folder(
 
 def interrupt_at_epoch(monkeypatch, epoch: int, seen: list | None = None) -> None:
     """Ctrl-C as the run logs epoch `epoch`; `seen` collects the run folder's lock file at every epoch."""
-    from texforce.runlog import RunLogger
+    from texforce.observe.runlog import RunLogger
 
     log_epoch = RunLogger.epoch
 

@@ -16,7 +16,7 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel, T5TokenizerFast
 
-from texforce.flow_architectures import (
+from texforce.bases.flow import (
     FLOW_BUILT_IN,
     FLUX_VARIANTS,
     PUBLISHED_PARAMETERS,

@@ -9,13 +9,13 @@ import torch
 from conftest import tiny_overrides
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
+from texforce.adapters.files import load_text_adapters
+from texforce.algorithms.policy import Policy
+from texforce.bases.flow import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
+from texforce.bases.loading import call_options, load_pipeline
 from texforce.errors import TexforceError
-from texforce.export import load_text_adapters
-from texforce.flow_architectures import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
-from texforce.models import call_options, load_pipeline
-from texforce.policy import Policy
-from texforce.run import train_run
-from texforce.run_config import load_config
+from texforce.run.run_config import load_config
+from texforce.run.train import train_run
 from texforce.sampling import pack_flux_latents, step_with_logprob, unpack_flux_latents
 
 PROMPTS = ["a red circle", "two blue squares"]

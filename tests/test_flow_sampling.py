@@ -126,6 +126,6 @@ def test_bad_flow_schedule_refused():
     scheduler = _scheduler()
     scheduler.sigmas = torch.tensor([1.0, 0.5, 0.5, 0.0])
     with pytest.raises(TexforceError, match="do not decrease"):
-        from texforce.sampling import _check_variance
+        from texforce.sampling import check_variance
 
-        _check_variance(scheduler)
+        check_variance(scheduler)

@@ -1,5 +1,6 @@
-"""The house has no circles: no module of texforce or of the benchmarks imports, through any chain, a module that
-imports it back.
+"""The house is layered and has no circles: every folder of texforce imports only folders below it (`LAYERS`, drawn in
+docs/concepts.md), and no module of texforce or of the benchmarks imports, through any chain, a module that imports
+it back.
 
 Every import counts: at module level, inside functions, under `if TYPE_CHECKING:`, and the `"module:attr"` strings
 of the lazy registries (rewards). `import a.b` and `from a.b import c` are edges to the most specific module named
@@ -16,9 +17,33 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = [ROOT / "src" / "texforce", ROOT / "benchmarks"]
 LAZY = re.compile(r"(texforce(?:\.\w+)+):\w+")  # "texforce.rewards.clip:build_clipscore"
 
+# Bottom to top. "basics" are the few shared top-level modules; "api" is `texforce/__init__.py` and `__main__.py`.
+# The world's top-level modules (scenes, rendering, detection, its CLIP) are "world"; its sub-packages are layers
+# of their own, interleaved with the library's: its judges are rewards, its models are trained with the library.
+LAYERS = [
+    "basics",
+    "world",
+    "config",
+    "sampling",
+    "bases",
+    "adapters",
+    "world.judges",
+    "rewards",
+    "world.models",
+    "world.headroom",
+    "prompts",
+    "training",
+    "observe",
+    "algorithms",
+    "run",
+    "experiments",
+    "cli",
+    "api",
+]
+BASICS = {"errors", "files", "images", "reward_fn", "stats", "tokenizer", "assets", "configs"}  # the last two: data
+WORLD_LAYERS = {"judges", "models", "headroom"}
 
-# The one circle left, in the world being rewritten: reward.py loads preference.py's model, preference.py judges
-# with reward.py and samples with evaluate.py, which judges with reward.py. Remove this when world v2 breaks it.
+
 def modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
@@ -56,6 +81,32 @@ def import_graph() -> dict[str, set[str]]:
                 targets |= {known(m) for m in LAZY.findall(node.value)}
         graph[name] = {t for t in targets if t and t != name}
     return graph
+
+
+def layer(module: str) -> str:
+    """The layer of one of texforce's modules (`texforce.world.judges.exact` → "world.judges")."""
+    parts = module.split(".")[1:]
+    if not parts or parts[0] == "__main__":
+        return "api"
+    if parts[0] in BASICS:
+        return "basics"
+    if parts[0] == "world" and len(parts) > 1 and parts[1] in WORLD_LAYERS:
+        return f"world.{parts[1]}"
+    return parts[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module from a layer above the importer's, as "importer (layer) → imported (layer)"."""
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    found = []
+    for source, targets in sorted(graph.items()):
+        if not source.startswith("texforce"):
+            continue
+        for target in sorted(targets):
+            low, high = layer(source), layer(target)
+            if rank[high] > rank[low]:
+                found.append(f"{source} ({low}) → {target} ({high})")
+    return found
 
 
 def circles(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -97,12 +148,33 @@ def circles(graph: dict[str, set[str]]) -> list[set[str]]:
 
 def test_the_walker_sees_every_kind_of_import():
     graph = import_graph()
-    assert "texforce.trainer" in graph["texforce.run"]  # module level
+    assert "texforce.run.trainer" in graph["texforce.run.train"]  # module level
     assert "texforce.config" in graph["texforce.algorithms.base"]  # under TYPE_CHECKING
-    assert "texforce.world.preference_model" in graph["texforce.world.learned"]  # inside a function
+    assert "texforce.world.judges.preference_model" in graph["texforce.world.judges.learned"]  # inside a function
     assert "texforce.rewards.clip" in graph["texforce.rewards"]  # a lazy registry string
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
 def test_no_import_circles():
     assert circles(import_graph()) == []
+
+
+def test_every_module_has_a_layer():
+    assert {layer(name) for name in modules() if name.startswith("texforce")} == set(LAYERS)
+
+
+def test_no_folder_imports_a_folder_above_it():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_rule_sees_an_upward_import():
+    graph = {"texforce.algorithms.ddpo": {"texforce.run.trainer", "texforce.sampling.step"}}
+    assert upward_imports(graph) == ["texforce.algorithms.ddpo (algorithms) → texforce.run.trainer (run)"]
+    assert layer("texforce.world.judges.exact") == "world.judges" and layer("texforce.world.scenes") == "world"
+
+
+def test_the_concepts_page_draws_every_layer():
+    page = (ROOT / "docs" / "concepts.md").read_text()
+    drawn = [name for name in LAYERS if name != "api"]
+    folders = [f"{name.replace('.', '/')}/" for name in drawn if name != "basics"]
+    assert all(folder in page for folder in folders), [f for f in folders if f not in page]

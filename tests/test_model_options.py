@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
+from texforce.bases.loading import attention_kernels
 from texforce.errors import TexforceError
-from texforce.models import attention_kernels
-from texforce.run_config import load_config
-from texforce.runlog import RunLogger
-from texforce.trainer import Trainer
+from texforce.observe.runlog import RunLogger
+from texforce.run.run_config import load_config
+from texforce.run.trainer import Trainer
 
 PROMPTS = ["a cat", "a dog", "a red fox", "a small bird"]
 # relative error ‖a − b‖ / ‖b‖ in fp32 on the CPU: chains and images land near 1e-6, gradients (sums over steps of
@@ -66,7 +66,7 @@ def test_option_matches_the_plain_path(option, algorithm, tiny_model_dir, tmp_pa
 def test_compiled_unet_matches_the_plain_path(tiny_model_dir, tmp_path, monkeypatch):
     """Traced by dynamo and AOTAutograd (`aot_eager`: the graphs inductor would compile, run by eager kernels; inductor
     itself takes minutes on the CPU, and the GPU benchmark checks its output against the plain U-Net's)."""
-    monkeypatch.setattr("texforce.models.COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr("texforce.bases.loading.COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     plain = _outputs(_trainer(tiny_model_dir, tmp_path / "plain"))

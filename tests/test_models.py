@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from texforce.architectures import BUILT_IN, build_sd_pipeline, build_sdxl_pipeline, build_tiny_pipeline
+from texforce.bases.loading import add_lora, load_pipeline, prepare_pipeline
+from texforce.bases.sd import BUILT_IN, build_sd_pipeline, build_sdxl_pipeline, build_tiny_pipeline
 from texforce.config import LoraConfig, ModelConfig
 from texforce.errors import TexforceError
-from texforce.models import add_lora, load_pipeline, prepare_pipeline
 
 
 def test_missing_hub_model_is_one_line(monkeypatch):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
+from texforce.adapters.files import save_adapters
+from texforce.bases.loading import add_lora, load_pipeline
 from texforce.cli.main import main
 from texforce.config import LoraConfig
-from texforce.export import save_adapters
-from texforce.models import add_lora, load_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from texforce.ppo import PerPromptStatTracker, batch_advantages, ppo_clipped_loss
+from texforce.algorithms.ppo import PerPromptStatTracker, batch_advantages, ppo_clipped_loss
 
 
 def test_stat_tracker_uses_batch_stats_until_min_count():
@@ -45,7 +45,7 @@ def test_ppo_loss_on_policy_and_clipping():
 
 
 def test_group_advantages_normalise_within_each_prompt_of_the_batch():
-    from texforce.ppo import group_advantages
+    from texforce.algorithms.ppo import group_advantages
 
     prompts = ["a", "a", "b", "b"]
     advantages = group_advantages(prompts, np.array([1.0, 3.0, 10.0, 10.0]))
@@ -53,7 +53,7 @@ def test_group_advantages_normalise_within_each_prompt_of_the_batch():
 
 
 def test_batch_scaled_groups_keep_a_tight_groups_noise_small():
-    from texforce.ppo import group_advantages
+    from texforce.algorithms.ppo import group_advantages
 
     prompts = ["a", "a", "b", "b"]
     rewards = np.array([0.0, 1.0, 0.80, 0.81])  # group b: nearly equal scores
@@ -68,9 +68,9 @@ def test_grouped_epochs_draw_each_prompt_group_size_times(tiny_model_dir, tmp_pa
     import torch
     from conftest import tiny_overrides
 
-    from texforce.run_config import load_config
-    from texforce.runlog import RunLogger
-    from texforce.trainer import Trainer
+    from texforce.observe.runlog import RunLogger
+    from texforce.run.run_config import load_config
+    from texforce.run.trainer import Trainer
 
     config = load_config(
         None, tiny_overrides(tiny_model_dir, tmp_path, advantage__mode="group", advantage__group_size=4)

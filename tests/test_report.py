@@ -12,8 +12,8 @@ from PIL import Image
 
 from texforce.cli.main import main
 from texforce.images import make_grid, save_png
-from texforce.report import build_report
-from texforce.run_config import load_config, save_config
+from texforce.observe.report import build_report
+from texforce.run.run_config import load_config, save_config
 
 CHART_BLUE = (0x1F, 0x77, 0xB4)
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel
 
+from texforce.reward_fn import DifferentiableReward, WeightedReward
 from texforce.rewards import REWARDS, differentiable_rewards
-from texforce.rewards.base import DifferentiableReward, WeightedReward
 from texforce.rewards.clip import AestheticReward, CLIPEmbedder, CLIPSimilarityReward, MLPHead
 from texforce.rewards.imagereward import ImageReward, ImageRewardModel, build_blip_tokenizer
 from texforce.rewards.jpeg import JpegCompressibility
 from texforce.rewards.preprocess import ImageTransform
-from texforce.world.learned import WorldClipScoreReward, WorldPreferenceReward
-from texforce.world.preference_model import PreferenceModel, PreferenceModelConfig, TextStates
-from texforce.world.reward import WorldSoftQualityReward
+from texforce.world.judges.exact import WorldSoftQualityReward
+from texforce.world.judges.learned import WorldClipScoreReward, WorldPreferenceReward
+from texforce.world.judges.preference_model import PreferenceModel, PreferenceModelConfig, TextStates
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rewards"
 PROMPTS = ["a red circle to the left of a blue square", "three green triangles"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from texforce.architectures import sd_ddim_scheduler
+from texforce.bases.sd import sd_ddim_scheduler
 from texforce.errors import TexforceError
 from texforce.sampling import check_schedule, step_with_logprob
 

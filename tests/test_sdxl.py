@@ -12,13 +12,13 @@ from diffusers import StableDiffusionXLPipeline
 from peft import PeftModel
 from safetensors import safe_open
 
+from texforce.adapters.files import fuse_adapter_files, load_text_adapters
+from texforce.algorithms.policy import Policy
+from texforce.bases.loading import load_pipeline
 from texforce.cli.main import main
 from texforce.errors import TexforceError
-from texforce.export import fuse_adapter_files, load_text_adapters
-from texforce.models import load_pipeline
-from texforce.policy import Policy
-from texforce.run import train_run
-from texforce.run_config import load_config
+from texforce.run.run_config import load_config
+from texforce.run.train import train_run
 
 PROMPTS = ["A photo of a cat", "A photo of a dog"]
 

@@ -7,11 +7,11 @@ import torch
 from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from texforce.run import train_run
-from texforce.run_config import load_config
-from texforce.runlog import RunLogger
+from texforce.observe.runlog import RunLogger
+from texforce.run.run_config import load_config
+from texforce.run.train import train_run
+from texforce.run.trainer import Trainer, epoch_generator
 from texforce.sampling import guided_noise_fn, step_with_logprob
-from texforce.trainer import Trainer, epoch_generator
 
 
 def make_trainer(model_dir, tmp_path, **extra) -> Trainer:

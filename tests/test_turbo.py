@@ -13,12 +13,12 @@ from conftest import tiny_overrides
 from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from safetensors.torch import load_file
 
-from texforce.architectures import build_tiny_pipeline, build_tiny_sdxl_pipeline, sd_ddim_scheduler
+from texforce.adapters.files import load_text_adapters
+from texforce.bases.loading import load_pipeline
+from texforce.bases.sd import build_tiny_pipeline, build_tiny_sdxl_pipeline, sd_ddim_scheduler
 from texforce.errors import TexforceError
-from texforce.export import load_text_adapters
-from texforce.models import load_pipeline
-from texforce.run import train_run
-from texforce.run_config import load_config
+from texforce.run.run_config import load_config
+from texforce.run.train import train_run
 from texforce.sampling import check_schedule, sample_latents
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official"

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from texforce.cli.main import main
-from texforce.world.ceiling import CeilingConfig, heldout_prompts, measure_ceiling, selection_prompts
-from texforce.world.ceiling_page import bar_checks, write_ceiling_page
 from texforce.world.degrade import POSITIVE_TAGS
-from texforce.world.prompt_engineering import PLAIN, PromptVariant, candidate_variants
+from texforce.world.headroom.ceiling import CeilingConfig, heldout_prompts, measure_ceiling, selection_prompts
+from texforce.world.headroom.page import bar_checks, write_ceiling_page
+from texforce.world.headroom.prompt_engineering import PLAIN, PromptVariant, candidate_variants
 from texforce.world.scenes import parse_prompt, spec_split
 
 

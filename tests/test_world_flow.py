@@ -10,14 +10,15 @@ from conftest import tiny_overrides
 from diffusers import StableDiffusion3Pipeline
 from safetensors.torch import load_file
 
+from texforce.adapters.files import save_pipeline
+from texforce.algorithms.policy import Policy
+from texforce.bases.loading import WORLD_FLOW, call_options, load_pipeline, t5_free_length
+from texforce.bases.world import load_world_flow
 from texforce.errors import TexforceError
-from texforce.export import save_pipeline
-from texforce.models import WORLD_FLOW, call_options, load_pipeline, t5_free_length
-from texforce.policy import Policy
-from texforce.run import train_run
-from texforce.run_config import load_config
+from texforce.run.run_config import load_config
+from texforce.run.train import train_run
 from texforce.world import WORLD_FLOW_DIR
-from texforce.world.flow import PROGRESS_FILE, load_world_flow, pretrain_flow, tiny_flow_config
+from texforce.world.models.flow import PROGRESS_FILE, pretrain_flow, tiny_flow_config
 
 PROMPTS = ["a red circle", "two blue squares"]
 

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
 from texforce.world import CLIP_IMAGE_DIR, MODEL_DIR
-from texforce.world.evaluate import load_world_pipeline, sample_images
-from texforce.world.learned import WorldClipScoreReward
-from texforce.world.reward import WorldAlignmentReward
+from texforce.world.judges.evaluate import load_world_pipeline, sample_images
+from texforce.world.judges.exact import WorldAlignmentReward
+from texforce.world.judges.learned import WorldClipScoreReward
 
 
 def safetensors_dtypes(weights) -> set[str]:

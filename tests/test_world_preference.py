@@ -12,8 +12,8 @@ import torch
 from texforce.cli.main import main
 from texforce.prompts import load_prompt_set
 from texforce.world import PREFERENCE_DIR
-from texforce.world.judgments import Judgments, judged_prompts, near_miss, render_judgments
-from texforce.world.preference import pairwise_accuracy, ranking_loss, spearman
+from texforce.world.judges.judgments import Judgments, judged_prompts, near_miss, render_judgments
+from texforce.world.judges.preference import pairwise_accuracy, ranking_loss, spearman
 from texforce.world.scenes import ObjectSpec, SceneSpec, parse_prompt
 
 
@@ -84,7 +84,7 @@ def test_shipped_reward_is_small_and_validated():
 def test_shipped_reward_follows_the_exact_judge_on_unseen_prompts():
     """Fresh samples of held-out prompts (not the build's validation images): the two rewards rank them alike."""
     from texforce.rewards import build_reward
-    from texforce.world.evaluate import load_world_pipeline, sample_images
+    from texforce.world.judges.evaluate import load_world_pipeline, sample_images
 
     pipeline = load_world_pipeline()
     prompts = list(load_prompt_set("world").eval)[:16]

@@ -53,7 +53,7 @@ def test_vae_loss_weights_objects_and_their_rim(background):
 
     from texforce.world.degrade import Quality, render_degraded
     from texforce.world.detect import tensor_images
-    from texforce.world.pretrain import object_weights
+    from texforce.world.models.pretrain import object_weights
     from texforce.world.scenes import place_scene, render_scene, sample_spec
 
     rng = np.random.default_rng(3)

@@ -9,8 +9,8 @@ import torch
 
 from texforce.rewards import build_reward
 from texforce.world.degrade import CLEAN, QUALITY_LEVELS, Quality, render_degraded
-from texforce.world.evaluate import validate_quality
-from texforce.world.quality import exact_quality, quality_checks, soft_quality
+from texforce.world.judges.evaluate import validate_quality
+from texforce.world.judges.quality import exact_quality, quality_checks, soft_quality
 from texforce.world.scenes import PlacedObject, render_scene
 
 OBJECTS = [PlacedObject("red", "circle", 12, 16.0, 20.0), PlacedObject("blue", "square", 20, 44.0, 40.0)]

@@ -8,8 +8,8 @@ import torch
 from texforce.errors import TexforceError
 from texforce.rewards import build_reward
 from texforce.world.detect import detect_objects
-from texforce.world.evaluate import validate_reward
-from texforce.world.reward import WorldAlignmentReward
+from texforce.world.judges.evaluate import validate_reward
+from texforce.world.judges.exact import WorldAlignmentReward
 from texforce.world.scenes import PlacedObject, render_scene
 
 

@@ -14,9 +14,9 @@ import importlib
 from typing import Any
 
 EXPORTS = {
-    "RunConfig": "texforce.run_config:RunConfig",
-    "load_config": "texforce.run_config:load_config",
-    "train": "texforce.run:train",
+    "RunConfig": "texforce.run.run_config:RunConfig",
+    "load_config": "texforce.run.run_config:load_config",
+    "train": "texforce.run.train:train",
     "WORLD_MODEL_DIR": "texforce.world:MODEL_DIR",
 }
 __all__ = sorted(EXPORTS)

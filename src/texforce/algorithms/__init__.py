@@ -17,7 +17,7 @@ from typing import Any
 from texforce.algorithms.backprop import RewardBackprop
 from texforce.algorithms.base import Algorithm, TrainingContext
 from texforce.algorithms.ddpo import DDPO
-from texforce.runlog import EpochStats
+from texforce.observe.runlog import EpochStats
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"ddpo": DDPO, "backprop": RewardBackprop}
 

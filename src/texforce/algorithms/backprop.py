@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from texforce.checkpoint import kill_point
-from texforce.config_schema import check, option
-from texforce.distributed import batch_generator, gather_reward, mean_over_processes
+from texforce.config.schema import check, option
+from texforce.observe.runlog import EpochStats
 from texforce.rewards import RewardOutput, differentiable_rewards, parse_reward_spec
-from texforce.runlog import EpochStats
 from texforce.sampling import decode, denoise
+from texforce.training.checkpoint import kill_point
+from texforce.training.distributed import batch_generator, gather_reward, mean_over_processes
 
 if TYPE_CHECKING:
     from texforce.algorithms.base import TrainingContext

@@ -12,10 +12,10 @@ import torch
 if TYPE_CHECKING:
     from accelerate import PartialState
 
+    from texforce.algorithms.policy import Policy
     from texforce.config import SharedConfig
-    from texforce.policy import Policy
+    from texforce.observe.runlog import EpochStats, RunLogger
     from texforce.rewards import RewardOutput, WeightedReward
-    from texforce.runlog import EpochStats, RunLogger
 
 
 class TrainingContext(Protocol):

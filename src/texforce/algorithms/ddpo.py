@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from texforce.checkpoint import kill_point
-from texforce.config_schema import check, option
-from texforce.distributed import gather_reward, gather_trajectory, mean_over_processes
-from texforce.ppo import PerPromptStatTracker, batch_advantages, group_advantages, ppo_clipped_loss
-from texforce.runlog import EpochStats
+from texforce.algorithms.ppo import PerPromptStatTracker, batch_advantages, group_advantages, ppo_clipped_loss
+from texforce.config.schema import check, option
+from texforce.observe.runlog import EpochStats
 from texforce.sampling import Conditioning, Trajectory, check_schedule, gaussian_log_prob, step_gaussian, step_kl
+from texforce.training.checkpoint import kill_point
+from texforce.training.distributed import gather_reward, gather_trajectory, mean_over_processes
 
 if TYPE_CHECKING:
     from texforce.algorithms.base import TrainingContext

@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from texforce.diagnose import gradient_snr
-    from texforce.run_config import load_config
+    from texforce.run.diagnose import gradient_snr
+    from texforce.run.run_config import load_config
 
     if args.batches < 2:
         raise TexforceError(f"--batches must be >= 2, got {args.batches}")

@@ -52,12 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from texforce.defaults import choose_base, config_for, judge
-    from texforce.evaluation import parse_setup, run_eval
-    from texforce.models import resolve_device
+    from texforce.bases.loading import resolve_device
+    from texforce.observe.evaluation import parse_setup, run_eval
     from texforce.prompts import load_prompt_set
     from texforce.rewards import parse_reward_spec
-    from texforce.run_config import load_config
+    from texforce.run.defaults import choose_base, config_for, judge
+    from texforce.run.run_config import load_config
 
     if args.seeds < 1 or (args.steps is not None and args.steps < 1) or args.num_prompts < 0:
         raise TexforceError("--seeds and --steps must be >= 1, --num-prompts >= 0")

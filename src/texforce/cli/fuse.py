@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from texforce.defaults import choose_base
-    from texforce.export import fuse_adapter_files, require_adapter
-    from texforce.runlog import check_writable
+    from texforce.adapters.files import fuse_adapter_files, require_adapter
+    from texforce.observe.runlog import check_writable
+    from texforce.run.defaults import choose_base
 
     weights = args.weights or [1.0 / len(args.adapters)] * len(args.adapters)
     if len(weights) != len(args.adapters):

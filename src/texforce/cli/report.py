@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from texforce.report import write_report
+    from texforce.observe.report import write_report
 
     print(write_report(Path(args.run), Path(args.output) if args.output else None))
     return 0

@@ -53,14 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from texforce.adapters.files import load_adapter, load_text_adapters, require_adapter
+    from texforce.bases.loading import call_options, prepare_pipeline, resolve_device
     from texforce.config import ModelConfig
-    from texforce.defaults import choose_base, config_for, judge
-    from texforce.export import load_adapter, load_text_adapters, require_adapter
     from texforce.images import caption, make_grid, save_png, to_pil
-    from texforce.models import call_options, prepare_pipeline, resolve_device
+    from texforce.observe.runlog import check_writable
     from texforce.prompts import load_prompt_set
     from texforce.rewards import build_reward, check_prompts
-    from texforce.runlog import check_writable
+    from texforce.run.defaults import choose_base, config_for, judge
 
     output = Path(args.output)
     if output.suffix.lower() != ".png":

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from texforce.errors import TexforceError
-from texforce.rewards.base import WeightedReward
+from texforce.reward_fn import WeightedReward
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -119,10 +119,11 @@ def score_images(
 
 
 def run(args: argparse.Namespace) -> int:
-    from texforce.defaults import judge
+    from texforce.files import write_text_atomic
+    from texforce.observe.runlog import check_writable
     from texforce.rewards import build_reward, check_prompts, image_size
-    from texforce.run_config import load_config
-    from texforce.runlog import check_writable, write_text_atomic
+    from texforce.run.defaults import judge
+    from texforce.run.run_config import load_config
 
     if args.batch_size < 1:
         raise TexforceError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from texforce.run import train_run
+    from texforce.run.train import train_run
 
     config_path, overrides = None, []
     for item in args.args:

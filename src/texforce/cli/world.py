@@ -115,7 +115,7 @@ def _print(message: str) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from texforce.world.pretrain import PretrainConfig, Reused, pretrain, tiny_config
+    from texforce.world.models.pretrain import PretrainConfig, Reused, pretrain, tiny_config
 
     cfg = tiny_config(args.seed) if args.tiny else PretrainConfig(seed=args.seed)
     overrides = {
@@ -151,7 +151,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _pretrain_flow(args: argparse.Namespace) -> int:
-    from texforce.world.flow import PROGRESS_FILE, FlowPretrainConfig, pretrain_flow, tiny_flow_config
+    from texforce.world.models.flow import PROGRESS_FILE, FlowPretrainConfig, pretrain_flow, tiny_flow_config
 
     cfg = tiny_flow_config(args.seed) if args.tiny else FlowPretrainConfig(seed=args.seed)
     if args.steps is not None:
@@ -174,7 +174,7 @@ def _load_component(model_dir: Path, component: str):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from texforce.world.evaluate import (
+    from texforce.world.judges.evaluate import (
         evaluate_families,
         load_world_pipeline,
         save_grid,
@@ -213,7 +213,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _preference(args: argparse.Namespace) -> int:
-    from texforce.world.preference import PreferenceConfig, build_preference, tiny_preference_config
+    from texforce.world.judges.preference import PreferenceConfig, build_preference, tiny_preference_config
 
     cfg = tiny_preference_config(args.seed) if args.tiny else PreferenceConfig(seed=args.seed)
     cfg = replace(cfg, **({"steps": args.steps} if args.steps is not None else {}))
@@ -225,8 +225,8 @@ def _preference(args: argparse.Namespace) -> int:
 
 
 def _ceiling(args: argparse.Namespace) -> int:
-    from texforce.world.ceiling import CeilingConfig, measure_ceiling
-    from texforce.world.ceiling_page import write_ceiling_page
+    from texforce.world.headroom.ceiling import CeilingConfig, measure_ceiling
+    from texforce.world.headroom.page import write_ceiling_page
 
     counts = (args.prompts_per_family, args.selection_prompts, args.best_of, args.oracle_steps, args.eval_seeds)
     if min(counts) < 1:

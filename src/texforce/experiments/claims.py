@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from texforce.evaluation import AdapterSetup
+from texforce.adapters.files import fuse_adapter_files
 from texforce.experiments.harness import Settings, across_seeds, arm_config, evaluate, lora, phase, train_arm
 from texforce.experiments.page import prompt_list, standalone_svg, table
 from texforce.experiments.verdicts import (
@@ -22,9 +22,9 @@ from texforce.experiments.verdicts import (
     raises,
     signed,
 )
-from texforce.export import fuse_adapter_files
+from texforce.observe.evaluation import AdapterSetup
+from texforce.observe.report import line_chart
 from texforce.prompts import load_prompt_set
-from texforce.report import line_chart
 from texforce.stats import Estimate, compare, estimate
 
 
@@ -166,7 +166,7 @@ def fusion(settings: Settings, weights: Sequence[float] = (0.5, 0.5)) -> str:
     body = "## Held-out alignment per task\n\n"
     body += table(["adapter", f"counting prompts `{judge}`", f"relation prompts `{judge}`"], rows)
     body += (
-        f"\nFused with `texforce.export.fuse_adapters` (exact weighted sum of the LoRA updates, weights "
+        f"\nFused with `texforce.adapters.files.fuse_adapters` (exact weighted sum of the LoRA updates, weights "
         f"{', '.join(f'{w:g}' for w in weights)}), no further training; seed i's fused adapter sums seed i's "
         "task adapters.\n\n"
         f"Counting prompts: {prompt_list(prompt_sets['count'])}\n\nRelation prompts: "

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from texforce.checkpoint import checkpoint_epoch, complete_checkpoints
-from texforce.evaluation import AdapterSetup
 from texforce.experiments.harness import Settings, arm_config, evaluate, headline_set, lora, phase, train_arm
 from texforce.experiments.main_job import JUDGES, family_means, headline_judging
 from texforce.experiments.page import prompt_list, standalone_svg, table
-from texforce.report import line_chart
+from texforce.observe.evaluation import AdapterSetup
+from texforce.observe.report import line_chart
 from texforce.stats import Estimate, estimate
+from texforce.training.checkpoint import checkpoint_epoch, complete_checkpoints
 
 ARMS = {"DDPO": "world_ddpo", "backprop": "world_backprop"}
 CURVE_POINTS = 6  # checkpoints judged per run besides the base model, evenly spaced, the last at the end

@@ -2,9 +2,9 @@
 
 An arm is a shipped config (`world_text`, …) trained once per seed into `RUNS/<arm>_s<seed>`; a finished run
 of the same resolved config is reused (so `curves` reuses the runs of `methods`), an unfinished one resumed.
-Judging uses `texforce.evaluation.run_eval` on held-out prompts with fixed evaluation seeds. `arm_command` is the
-same training as its own `texforce train` process, so that a scheduler (`benchmarks/gpu_suite.py`) can train arms
-ahead, concurrently, and the experiment then reuses them; `Settings.deadline` stops an experiment before an arm
+Judging uses `texforce.observe.evaluation.run_eval` on held-out prompts with fixed evaluation seeds. `arm_command`
+is the same training as its own `texforce train` process, so that a scheduler (`benchmarks/gpu_suite.py`) can train
+arms ahead, concurrently, and the experiment then reuses them; `Settings.deadline` stops an experiment before an arm
 that would not finish in time.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from texforce.errors import TexforceError
-from texforce.evaluation import AdapterSetup, Summary, run_eval
 from texforce.experiments.verdicts import Verdict
-from texforce.run_config import RunConfig, load_config
+from texforce.observe.evaluation import AdapterSetup, Summary, run_eval
+from texforce.run.run_config import RunConfig, load_config
 from texforce.stats import Estimate, estimate
 
 EVAL_SEED = 1000  # evaluation seeds EVAL_SEED, EVAL_SEED+1, …: disjoint from the training seeds 0, 1, 2, …
@@ -152,7 +152,7 @@ def arm_command(settings: Settings, config: str, seed: int, extra: Sequence[str]
 def train_arm(settings: Settings, config: str, seed: int, extra: Sequence[str] = (), tag: str = "") -> Path:
     """Train shipped config `config` with `seed` (or reuse the finished run of the same config); its run folder.
     Raises `DeadlineReached` instead of starting a run expected to end after `settings.deadline`."""
-    from texforce.run import prepare_run, train_run
+    from texforce.run.train import prepare_run, train_run
 
     overrides, run_dir = arm_run(settings, config, seed, extra, tag)
     settings.arms.append((config, seed, tuple(extra)))
@@ -186,7 +186,7 @@ def evaluate(
 ) -> dict[tuple[str, str], Summary]:
     """Render `setups` on `prompts` (the first `num_prompts`, default the budget's) × the evaluation seeds (default:
     the budget's) with the sampler of `config_name` into OUTPUT/`name`; summaries by (setup, reward)."""
-    from texforce.models import resolve_device
+    from texforce.bases.loading import resolve_device
 
     config = arm_config(settings, config_name)
     options = {
@@ -207,8 +207,8 @@ def headline_set(settings: Settings) -> tuple[list[str], list[str], list[int]]:
     """The prompts, their families and the seeds of the headline figures: the held-out plain prompts of every family
     and the evaluation seeds of `texforce world ceiling`, so that a tuned adapter is judged where the headroom was
     measured."""
-    from texforce.world.ceiling import EVAL_SEED as CEILING_SEED
-    from texforce.world.ceiling import CeilingConfig, heldout_prompts
+    from texforce.world.headroom.ceiling import EVAL_SEED as CEILING_SEED
+    from texforce.world.headroom.ceiling import CeilingConfig, heldout_prompts
 
     prompts, families = heldout_prompts(CeilingConfig(prompts_per_family=settings.budget.headline_prompts_per_family))
     return prompts, families, list(range(CEILING_SEED, CEILING_SEED + settings.budget.headline_seeds))

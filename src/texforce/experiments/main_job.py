@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from texforce.errors import TexforceError
-from texforce.evaluation import AdapterSetup
 from texforce.experiments.harness import Settings, evaluate, headline_set, lora, phase
 from texforce.experiments.page import prompt_list, table
+from texforce.observe.evaluation import AdapterSetup
 from texforce.stats import estimate, verdict
 
 JUDGES = ("world_score", "world_alignment", "world_quality")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from texforce.experiments.harness import Settings, machine
 from texforce.experiments.verdicts import Verdict
-from texforce.runlog import write_text_atomic
+from texforce.files import write_text_atomic
 
 INDEX = "experiments.md"
 SVG_STYLE = (

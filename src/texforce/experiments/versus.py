@@ -3,7 +3,8 @@ and seeds — base, prompt-engineered, TexForce-DDPO, TexForce-backprop, U-Net L
 stacked without further training — with `world_score`, alignment and quality columns.
 
 The prompt-engineered row is the base model given the prompts rewritten by the variant the ceiling chose on
-training prompts (`world/prompt_engineering.py`; `docs/world/ceiling.json`); the tuned rows get the plain prompts.
+training prompts (`world/headroom/prompt_engineering.py`;
+`docs/world/ceiling.json`); the tuned rows get the plain prompts.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from texforce.evaluation import AdapterSetup
 from texforce.experiments.harness import Settings, across_seeds, evaluate, headline_set, lora, phase, train_arm
 from texforce.experiments.main_job import timed_train
 from texforce.experiments.page import prompt_list, table
+from texforce.observe.evaluation import AdapterSetup
 from texforce.stats import compare
-from texforce.world.prompt_engineering import PromptVariant
+from texforce.world.headroom.prompt_engineering import PromptVariant
 
 JUDGES = ("world_score", "world_alignment", "world_quality")
 ARMS = {"backprop": "world_backprop", "unet": "world_unet"}  # and DDPO: `texforce train world_ddpo`, timed

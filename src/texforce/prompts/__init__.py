@@ -52,8 +52,8 @@ def _world(family: str | None) -> Callable[[], PromptSet]:
         from texforce.world.scenes import family_prompts, heldout_prompts, train_prompts
 
         if family == "headline":
-            from texforce.world.ceiling import CeilingConfig
-            from texforce.world.ceiling import heldout_prompts as ceiling_prompts
+            from texforce.world.headroom.ceiling import CeilingConfig
+            from texforce.world.headroom.ceiling import heldout_prompts as ceiling_prompts
 
             prompts = tuple(ceiling_prompts(CeilingConfig())[0])
             return PromptSet("world_headline", prompts, prompts)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from texforce.errors import TexforceError
-from texforce.rewards.base import DifferentiableReward, PromptGrammar, RewardFn, RewardOutput, WeightedReward
+from texforce.reward_fn import DifferentiableReward, PromptGrammar, RewardFn, RewardOutput, WeightedReward
 
 
 @dataclass(frozen=True)
@@ -52,41 +52,41 @@ REWARDS: dict[str, RewardEntry] = {
         False,
     ),
     "world_alignment": RewardEntry(
-        "texforce.world.reward:make_world_alignment",
+        "texforce.world.judges.exact:make_world_alignment",
         "offline world: exact prompt-image alignment in [0, 1] from scene analysis",
         False,
         WORLD_PROMPTS,
         WORLD_IMAGE_SIZE,
     ),
     "world_quality": RewardEntry(
-        "texforce.world.reward:make_world_quality",
+        "texforce.world.judges.exact:make_world_quality",
         "offline world: exact picture quality in [0, 1] from pixels (clean background, palette colours, sharp "
         "edges, no specks); ignores the prompt",
         False,
         image_size=WORLD_IMAGE_SIZE,
     ),
     "world_quality_soft": RewardEntry(
-        "texforce.world.reward:make_world_quality_soft",
+        "texforce.world.judges.exact:make_world_quality_soft",
         "offline world: the soft, differentiable form of world_quality (soft distance to white and the palette)",
         True,
         image_size=WORLD_IMAGE_SIZE,
     ),
     "world_score": RewardEntry(
-        "texforce.world.reward:make_world_score",
+        "texforce.world.judges.exact:make_world_score",
         "offline world: the headline exact judge, world_alignment x world_quality, in [0, 1]",
         False,
         WORLD_PROMPTS,
         WORLD_IMAGE_SIZE,
     ),
     "world_preference": RewardEntry(
-        "texforce.world.learned:make_world_preference",
+        "texforce.world.judges.learned:make_world_preference",
         "offline world: learned preference in [0, 1], trained on exactly judged generated images (its ImageReward)",
         True,
         WORLD_PROMPTS,
         WORLD_IMAGE_SIZE,
     ),
     "world_clipscore": RewardEntry(
-        "texforce.world.learned:make_world_clipscore",
+        "texforce.world.judges.learned:make_world_clipscore",
         "offline world: learned reward, cosine of the world CLIP's image and text embeddings",
         True,
         image_size=WORLD_IMAGE_SIZE,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import CLIPModel
 
-from texforce.rewards.base import DifferentiableReward, at_least_float32
+from texforce.reward_fn import DifferentiableReward, at_least_float32
 from texforce.rewards.preprocess import ImageTransform
 from texforce.rewards.weights import WeightFile, locate_weight
 from texforce.tokenizer import build_clip_tokenizer

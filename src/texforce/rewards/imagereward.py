@@ -30,7 +30,7 @@ from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig
 from transformers.models.blip.modeling_blip import BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextModel
 
-from texforce.rewards.base import DifferentiableReward, at_least_float32
+from texforce.reward_fn import DifferentiableReward, at_least_float32
 from texforce.rewards.clip import DEFAULT_BATCH_SIZE, MLPHead
 from texforce.rewards.preprocess import ImageTransform
 from texforce.rewards.weights import WeightFile, locate_weight

@@ -10,7 +10,8 @@ choice on each of three independent axes:
 
 Each axis value has a tag word (`TAG_OF`; "clean", "noisy", "blurry", …); a picture's tags are one per axis, in that
 order ("clean, sharp, minimal" for a clean picture). Every degradation keeps the objects detectable, so a degraded
-picture of a true caption still scores (nearly) 1 on `world_alignment`; `world_quality` (quality.py) measures it.
+picture of a true caption still scores (nearly) 1 on `world_alignment`; `world_quality`
+(judges/quality.py) measures it.
 """
 
 from __future__ import annotations
