@@ -1,13 +1,24 @@
-"""Shared fixtures: a tiny Stable Diffusion and a tiny SDXL saved as real pipeline folders, and a tiny run config."""
+"""Shared fixtures: a tiny Stable Diffusion and a tiny SDXL saved as real pipeline folders, and a tiny run config.
+
+The suite runs in parallel workers (pytest-xdist, `-n auto --dist loadfile` in pyproject.toml, so that a module's
+shared fixtures are built once), one torch thread each: on tiny models one thread per process wastes less than two
+threads in one process.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from texforce.bases.sd import build_tiny_pipeline, build_tiny_sdxl_pipeline
 from texforce.run.run_config import load_config
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and in the processes the tests start (CLI runs, torchrun, benchmarks)
 
 
 @pytest.fixture(scope="session")
