@@ -45,7 +45,11 @@ class BaseDefaults:
     def describe(self, steps: int, guidance: float, batch_size: int | None, told: Iterable[str]) -> str:
         """One line: the settings used (`told`: the flags given, which win) and where the rest came from."""
         length = self.config.model.max_sequence_length
-        parts = [f"{steps} step{'s' * (steps != 1)}", f"guidance {guidance:g}", *([f"T5 length {length}"] if length else [])]
+        parts = [
+            f"{steps} step{'s' * (steps != 1)}",
+            f"guidance {guidance:g}",
+            *([f"T5 length {length}"] if length else []),
+        ]
         parts.append(f"batch {batch_size or 'all'}")
         flags = f"; {', '.join(told)} as given" if told else ""
         return f"sampler: {', '.join(parts)} — from {self.source}{flags}"
