@@ -55,7 +55,8 @@ def test_settings_come_from_the_config_that_fits_the_base():
     # two shipped configs name SD 1.4: the one on the general prompts speaks for it, not the hand task's
     sd14 = defaults_for("CompVis/stable-diffusion-v1-4")
     assert sd14.source.startswith("configs/sd14_imagereward.yaml")
-    assert (sd14.config.sample.num_steps, sd14.config.sample.guidance_scale, judge(sd14.config)) == (50, 7.5, "imagereward")
+    sample = sd14.config.sample
+    assert (sample.num_steps, sample.guidance_scale, judge(sd14.config)) == (50, 7.5, "imagereward")
     other = defaults_for("someone/my-sd-finetune")  # no config names it, nothing identifies it: the library's
     assert other.config.model.base == "someone/my-sd-finetune"
     assert (other.config.sample.num_steps, other.config.sample.guidance_scale) == (library.sample.num_steps, 7.5)
