@@ -116,10 +116,10 @@ def run(args: argparse.Namespace) -> int:
     }
     given = {"--steps": args.steps, "--guidance-scale": args.guidance_scale, "--batch-size": args.batch_size}
     told = [flag for flag, value in given.items() if value is not None]
-    line = resolved.describe(options["steps"], options["guidance_scale"], options["batch_size"], told)
-    print(f"texforce eval: {line}", file=sys.stderr)
     seeds = list(range(args.seed, args.seed + args.seeds))
     summaries = run_eval(base, setups, prompts, seeds, rewards, output, options)
+    line = resolved.describe(options["steps"], options["guidance_scale"], options["batch_size"], told)
+    print(f"texforce eval: {line}", file=sys.stderr)  # after run_eval's checks, whose errors are one line
     width = max(len(s.setup) for s in summaries)
     for s in summaries:
         print(f"{s.setup:<{width}}  {s.reward}  {s.mean:.4f}  95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}]  n={s.n}")
