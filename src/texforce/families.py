@@ -30,7 +30,7 @@ class Family:
     max_sequence_length: int | None  # T5 tokens (SD3, FLUX); None: no T5
     resolution: int
     batch_size: int
-    source: str  # the model card whose example sets these
+    source: str  # the model card whose example call sets these (SD 1.x/2.x, SDXL: the pipeline's defaults)
 
 
 FAMILIES = {
