@@ -27,6 +27,11 @@ def timed_calls(fn: Callable[[], object], device: torch.device, repeats: int = 1
     return first, _seconds(fn, device, repeats) / repeats
 
 
+def seconds_of_one_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call, synchronising the GPU (for paired timings that alternate two functions)."""
+    return _seconds(fn, device, 1)
+
+
 def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
     """Mean seconds per call after one warm-up call, synchronising the GPU."""
     return timed_calls(fn, device, repeats)[1]

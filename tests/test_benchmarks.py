@@ -63,3 +63,12 @@ def test_default_budget_smoke(tmp_path):
     assert result["config"] == "default" and is_figure(result["wall_seconds"]) and is_figure(result["peak_memory_mb"])
     assert result["within"] == (result["wall_seconds"] <= 300 and result["peak_memory_mb"] <= 2048)
     assert json.loads((tmp_path / "b.jsonl").read_text()) == result
+
+
+def test_render_speed_smoke(tmp_path):
+    """texforce's renderer against a stock diffusers call on the same images: the harness runs, no figure asserted."""
+    module = importlib.import_module("benchmarks.render_speed")
+    result = module.main(["--smoke", "--json", str(tmp_path / "r.jsonl")])
+    assert set(result["seconds"]) == {"stock", "texforce"} and result["num_images"] == 4
+    assert result["max_abs_difference"] < 1e-4  # the same images
+    assert json.loads((tmp_path / "r.jsonl").read_text()) == result

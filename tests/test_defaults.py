@@ -12,7 +12,7 @@ from texforce.cli.main import main
 from texforce.observe import evaluation
 from texforce.observe.evaluation import Summary
 from texforce.prompts import load_prompt_set
-from texforce.run.defaults import choose_base, config_for, judge
+from texforce.run.defaults import choose_base, defaults_for, judge
 from texforce.run.run_config import RunConfig, load_config
 
 
@@ -49,13 +49,19 @@ def test_the_base_is_the_model_given_else_the_adapters_else_the_embedded_default
 
 def test_settings_come_from_the_config_that_fits_the_base():
     default, library = load_config("default"), RunConfig()
-    world = config_for(default.model.base)
-    assert (world.sample.num_steps, world.sample.guidance_scale, judge(world)) == (20, 5.0, "world_score")
-    assert world.prompts.train == default.prompts.train == "world"
-    other = config_for("CompVis/stable-diffusion-v1-4")
-    assert other.model.base == "CompVis/stable-diffusion-v1-4"
-    assert (other.sample.num_steps, other.sample.guidance_scale) == (library.sample.num_steps, 7.5)
-    assert (other.prompts.train, judge(other)) == ("animals", "jpeg_compressibility")
+    world = defaults_for(default.model.base)
+    assert (world.config.sample.num_steps, world.config.sample.guidance_scale) == (20, 5.0)
+    assert (judge(world.config), world.batch_size) == ("world_score", None)  # the world: all images at once
+    assert world.config.prompts.train == default.prompts.train == "world"
+    # two shipped configs name SD 1.4: the one on the general prompts speaks for it, not the hand task's
+    sd14 = defaults_for("CompVis/stable-diffusion-v1-4")
+    assert sd14.source.startswith("configs/sd14_imagereward.yaml")
+    sample = sd14.config.sample
+    assert (sample.num_steps, sample.guidance_scale, judge(sd14.config)) == (50, 7.5, "imagereward")
+    other = defaults_for("someone/my-sd-finetune")  # no config names it, nothing identifies it: the library's
+    assert other.config.model.base == "someone/my-sd-finetune"
+    assert (other.config.sample.num_steps, other.config.sample.guidance_scale) == (library.sample.num_steps, 7.5)
+    assert (other.config.prompts.train, judge(other.config)) == ("animals", "jpeg_compressibility")
 
 
 def test_sample_without_a_model_draws_the_world_with_its_settings(tmp_path, loaded, capsys):

@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_overrides
 
 from texforce.cli.main import main
-from texforce.run import diagnose
 from texforce.run.run_config import load_config
+from texforce.run.train import diagnose
 from texforce.run.trainer import epoch_generator
 
 
@@ -34,7 +34,8 @@ def test_the_same_batch_twice_agrees_perfectly(tiny_model_dir, tmp_path, monkeyp
     monkeypatch.setattr(diagnose, "epoch_generator", lambda seed, epoch: epoch_generator(seed, 0))
     config = load_config(None, tiny_overrides(tiny_model_dir, tmp_path, advantage__mode="batch"))
     monkeypatch.setattr(
-        "texforce.run.trainer.Trainer.batch_generators", lambda self, epoch: [torch.Generator().manual_seed(1)] * 2
+        "texforce.run.trainer.Trainer.batch_generators",
+        lambda self, epoch: [torch.Generator().manual_seed(1)] * 2,
     )
     figures = diagnose.gradient_snr(config, num_batches=2, log=lambda message: None)
     assert figures["cosines"][0] == pytest.approx(1.0, abs=1e-6)

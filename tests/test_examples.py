@@ -261,7 +261,9 @@ def test_python_example_runs(where, code, tmp_path, monkeypatch):
 
     load_config = texforce.run.run_config.load_config
     monkeypatch.setattr(
-        texforce.run.run_config, "load_config", lambda path=None, overrides=(): load_config(path, [*overrides, *TINY])
+        texforce.run.run_config,
+        "load_config",
+        lambda path=None, overrides=(): load_config(path, [*overrides, *TINY]),
     )
     monkeypatch.chdir(tmp_path)
     exec(compile(code, where, "exec"), {})

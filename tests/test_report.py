@@ -1,6 +1,7 @@
 """`texforce report`: a self-contained HTML page that a real browser renders (headless Chromium if installed)."""
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -47,6 +48,59 @@ def test_report_is_self_contained(run_dir, capsys):
     assert page.count("data:image/png;base64,") == 2 and "jpeg_compressibility" in page
     assert "dropped samples 1" in page and "+0.5000" in page  # fault count; eval table
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+@pytest.fixture
+def backprop_run(tmp_path):
+    """The embedded default's run folder (backprop, a trained judge and a logged-only one), as training leaves it."""
+    run = tmp_path / "backprop"
+    run.mkdir()
+    config = load_config("default")
+    save_config(config, run / "config.yaml")
+    rows = [
+        {"epoch": e, "reward_mean": 0.2 + 0.1 * e, "reward_std": 0.05, "reward/world_preference_mean": 0.2 + 0.1 * e,
+         "reward/world_score_mean": 0.1 * e, "ppo/grad_norm": 0.5, "ppo/num_grad_steps": 20.0,
+         "ppo/loss": -0.2 - 0.1 * e, "lr/group0": 1e-3, "time/train_s": 2.0}
+        for e in range(1, 4)
+    ]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    change = {"mean": 0.125, "ci95": 0.05, "n": 256, "verdict": "rose"}
+    sampler = {"num_steps": 20, "guidance_scale": 5.0, "eta": 0.0, "seeds": [1234, 1235, 1236, 1237]}
+    record = {
+        "sampler": sampler,
+        "before": {"heldout": 0.25},
+        "after": {"heldout": 0.375},
+        "change": {"heldout": change},
+    }
+    (run / "eval.json").write_text(json.dumps(record))
+    return run
+
+
+def test_report_of_a_backprop_run_names_what_it_optimises(backprop_run):
+    """Was: its loss chart titled "PPO loss", the header "reward world_preference:1.0+world_score:0.0"."""
+    page = build_report(backprop_run)
+    titles = re.findall(r'class="t">([^<]*)</text>', page)
+    assert not [t for t in titles if "PPO" in t] and "PPO" not in page.split("<h2>Config")[0]
+    assert "loss: −reward, backpropagated through the sampler by epoch" in titles
+    assert "training reward (world_preference:1.0) by epoch" in titles
+    assert "logged only (weight 0): world_score by epoch" in titles
+    assert "backprop · reward world_preference:1.0 · logged only: world_score ·" in page
+
+
+def test_report_evaluation_table_carries_the_interval_and_verdict(backprop_run):
+    page = build_report(backprop_run)
+    table = page.split("Fixed-seed evaluation")[1].split("</table>")[0]
+    cells = re.findall(r"<td>([^<]*)</td>", table)
+    assert cells == [
+        "held-out prompts",
+        "0.25",
+        "0.375",
+        "+0.1250",
+        "+0.1250 ± 0.0500 [+0.0750, +0.1750]",
+        "256",
+        "rose",
+    ]
+    assert "20 steps, guidance 5, 4 seeds" in table
 
 
 def test_report_of_a_run_without_epochs(tmp_path):

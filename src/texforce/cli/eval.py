@@ -43,8 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=4, help="number of fixed seeds: seed, seed+1, …")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reward", action="append", metavar="SPEC", help="a reward (repeatable; default: the base's)")
-    parser.add_argument("--steps", type=int, help="DDIM steps (default: the base's)")
-    parser.add_argument("--guidance-scale", type=float, help="CFG scale (default: the base's)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the base's; see the line printed)")
+    parser.add_argument("--guidance-scale", type=float, help="CFG scale (default: the base's; see the line printed)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per pipeline call, at most (default: the base's, which fits a 24 GB GPU; the world: all)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="on GPU; CPU is fp32")
     parser.add_argument("-o", "--output", help="output folder, must not exist (default with RUN: RUN/eval)")
@@ -52,15 +57,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from texforce.bases.loading import resolve_device
     from texforce.observe.evaluation import parse_setup, run_eval
     from texforce.prompts import load_prompt_set
     from texforce.rewards import parse_reward_spec
-    from texforce.run.defaults import choose_base, config_for, judge
+    from texforce.run.defaults import BaseDefaults, choose_base, defaults_for, judge
     from texforce.run.run_config import load_config
 
-    if args.seeds < 1 or (args.steps is not None and args.steps < 1) or args.num_prompts < 0:
-        raise TexforceError("--seeds and --steps must be >= 1, --num-prompts >= 0")
+    if args.seeds < 1 or any(v is not None and v < 1 for v in (args.steps, args.batch_size)) or args.num_prompts < 0:
+        raise TexforceError("--seeds, --steps and --batch-size must be >= 1, --num-prompts >= 0")
     specs = args.config
     if args.run is not None:
         run_dir = Path(args.run)
@@ -81,9 +88,13 @@ def run(args: argparse.Namespace) -> int:
         raise TexforceError("the same --config is given twice")
     if args.run is not None:
         base = args.model or defaults.model.base
+        resolved = BaseDefaults(
+            defaults, defaults_for(base).batch_size, f"the run's config.yaml ({run_dir / 'config.yaml'})"
+        )
     else:
         base = choose_base(args.model, [path for s in setups for path in (s.text, s.unet)])
-        defaults = config_for(base)
+        resolved = defaults_for(base)
+        defaults = resolved.config
     rewards = args.reward or [judge(defaults)]
     for spec in rewards:
         parse_reward_spec(spec)
@@ -101,9 +112,14 @@ def run(args: argparse.Namespace) -> int:
         "steps": args.steps or defaults.sample.num_steps,
         "guidance_scale": defaults.sample.guidance_scale if args.guidance_scale is None else args.guidance_scale,
         "max_sequence_length": defaults.model.max_sequence_length,
+        "batch_size": args.batch_size or resolved.batch_size,
     }
+    given = {"--steps": args.steps, "--guidance-scale": args.guidance_scale, "--batch-size": args.batch_size}
+    told = [flag for flag, value in given.items() if value is not None]
     seeds = list(range(args.seed, args.seed + args.seeds))
     summaries = run_eval(base, setups, prompts, seeds, rewards, output, options)
+    line = resolved.describe(options["steps"], options["guidance_scale"], options["batch_size"], told)
+    print(f"texforce eval: {line}", file=sys.stderr)  # after run_eval's checks, whose errors are one line
     width = max(len(s.setup) for s in summaries)
     for s in summaries:
         print(f"{s.setup:<{width}}  {s.reward}  {s.mean:.4f}  95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}]  n={s.n}")

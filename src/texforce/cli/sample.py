@@ -36,9 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (seeds seed, seed+1, …)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, help="DDIM steps (default: the base model's training default)")
-    parser.add_argument("--guidance-scale", type=float, help="CFG scale (default: the base model's training default)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the base's; see the line printed)")
+    parser.add_argument("--guidance-scale", type=float, help="CFG scale (default: the base's; see the line printed)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per pipeline call (default: the base's, which fits a 24 GB GPU; the world: all at once)",
+    )
     parser.add_argument(
         "--reward", metavar="SPEC", help="scores in the grid's captions (default: the base model's; none: no scores)"
     )
@@ -51,22 +56,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    import sys
 
     from texforce.adapters.files import load_adapter, load_text_adapters, require_adapter
-    from texforce.bases.loading import call_options, prepare_pipeline, resolve_device
+    from texforce.bases.loading import prepare_pipeline, resolve_device
+    from texforce.bases.rendering import render_images
     from texforce.config import ModelConfig
     from texforce.images import caption, make_grid, save_png, to_pil
     from texforce.observe.runlog import check_writable
     from texforce.prompts import load_prompt_set
     from texforce.rewards import build_reward, check_prompts
-    from texforce.run.defaults import choose_base, config_for, judge
+    from texforce.run.defaults import choose_base, defaults_for, judge
 
     output = Path(args.output)
     if output.suffix.lower() != ".png":
         raise TexforceError(f"--output must be a .png file, got {args.output}")
-    if args.num_images < 1 or (args.steps is not None and args.steps < 1):
-        raise TexforceError("--num-images and --steps must be >= 1")
+    if args.num_images < 1 or any(v is not None and v < 1 for v in (args.steps, args.batch_size)):
+        raise TexforceError("--num-images, --steps and --batch-size must be >= 1")
     prompts = list(args.prompt or [])
     if args.prompts:
         prompts += list(load_prompt_set(args.prompts).train)
@@ -76,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
         if adapter is not None:
             require_adapter(adapter, flag)
     base = choose_base(args.model, [args.text_lora, args.unet_lora])
-    defaults = config_for(base)
+    resolved = defaults_for(base)
+    defaults = resolved.config
     steps = args.steps or defaults.sample.num_steps
     guidance = defaults.sample.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    batch_size = args.batch_size or resolved.batch_size
     reward_spec = args.reward or judge(defaults)
     if reward_spec != "none":
         try:
@@ -95,22 +103,22 @@ def run(args: argparse.Namespace) -> int:
     if args.unet_lora:
         load_adapter(pipe, args.unet_lora, "unet", base=base)
     reward = build_reward(reward_spec, device) if reward_spec != "none" else None
-    options = call_options(pipe, args.negative_prompt, args.eta, defaults.model.max_sequence_length)
     pipe.to(device)
-    images = []
-    for prompt in prompts:
-        for seed in seeds:
-            output_images = pipe(
-                prompt,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=torch.Generator().manual_seed(seed),
-                output_type="pt",
-                **options,  # the negative prompt "" is encoded, as in training (SDXL: not zeros)
-            ).images
-            images.append(output_images[0].float().cpu())
-    images = torch.stack(images)
+    given = {"--steps": args.steps, "--guidance-scale": args.guidance_scale, "--batch-size": args.batch_size}
+    told = [flag for flag, value in given.items() if value is not None]
+    print(f"texforce sample: {resolved.describe(steps, guidance, batch_size, told)}", file=sys.stderr)
     shown = [prompt for prompt in prompts for _ in seeds]
+    images = render_images(
+        pipe,
+        shown,
+        seeds * len(prompts),
+        batch_size,
+        steps,
+        guidance,
+        negative_prompt=args.negative_prompt,
+        eta=args.eta,
+        max_sequence_length=defaults.model.max_sequence_length,
+    )
     scores = reward(images, shown).total.tolist() if reward is not None else [None] * len(shown)
     for picture, path in zip(to_pil(images), paths, strict=True):
         save_png(picture, path)

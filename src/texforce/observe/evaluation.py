@@ -98,28 +98,26 @@ def check_adapters(base: str, setups: Sequence[AdapterSetup]) -> None:
 
 
 def render(setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequence[int], args: dict) -> torch.Tensor:
-    """Images (len(seeds) * len(prompts), 3, H, W) in [0, 1], seed-major, from a fresh pipeline + adapters."""
-    from texforce.bases.loading import call_options, prepare_pipeline
+    """Images (len(seeds) * len(prompts), 3, H, W) in [0, 1], seed-major, from a fresh pipeline + adapters, at most
+    `args["batch_size"]` per pipeline call (None: all at once)."""
+    from texforce.bases.loading import prepare_pipeline
+    from texforce.bases.rendering import render_images
     from texforce.config import ModelConfig
 
     device = args["device"]
     pipe = prepare_pipeline(ModelConfig(base=base, dtype=args["dtype"]), device)
     load_setup(pipe, setup, base)
     pipe.to(device)
-    images = []
-    for seed in seeds:  # the same noise for every prompt of a seed and every configuration
-        generators = [torch.Generator().manual_seed(seed) for _ in prompts]
-        output = pipe(
-            list(prompts),
-            num_inference_steps=args["steps"],
-            guidance_scale=args["guidance_scale"],
-            generator=generators,
-            output_type="pt",
-            # "" encoded as in training (SDXL would use zeros); SD3's and FLUX's T5 length as the run's
-            **call_options(pipe, [""] * len(prompts), 0.0, args.get("max_sequence_length")),
-        )
-        images.append(output.images.float().cpu())
-    return torch.cat(images)
+    # the same noise for every prompt of a seed and every configuration; SD3's and FLUX's T5 length as the run's
+    return render_images(
+        pipe,
+        list(prompts) * len(seeds),
+        [seed for seed in seeds for _ in prompts],
+        args.get("batch_size"),
+        args["steps"],
+        args["guidance_scale"],
+        max_sequence_length=args.get("max_sequence_length"),
+    )
 
 
 def run_eval(

@@ -1,9 +1,10 @@
 """`texforce report RUN`: one self-contained HTML page per run — no network, no plotting library.
 
-Charts are inline SVG drawn from `metrics.jsonl` (reward mean ± std, each reward component, PPO
-diagnostics, learning rate, phase times); pictures are inline base64 PNGs (before/after grids for the
-fixed evaluation seeds, the last epoch's samples); the config, `eval.json` and, when present, the
-`texforce eval` summary of `RUN/eval/` are tables.
+Charts are inline SVG drawn from `metrics.jsonl` (the training reward's mean ± std, each judge it weighs and each it
+only logs, the loss the algorithm minimises and its diagnostics, learning rate, phase times); pictures are inline
+base64 PNGs (before/after grids for the fixed evaluation seeds, the last epoch's samples); the config, `eval.json`
+(before, after, the change's 95% interval and verdict, as the run's last lines) and, when present, the `texforce eval`
+summary of `RUN/eval/` are tables.
 """
 
 from __future__ import annotations
@@ -24,6 +25,29 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 520, 220, 66, 14, 42, 26
 
 Series = tuple[str, list[float], list[float] | None]  # label, values, ± band (or None)
+
+# What each algorithm's `ppo/loss` is (metrics keep DDPO's namespace for both)
+LOSS_TITLES = {"ddpo": "PPO loss (clipped surrogate)", "backprop": "loss: −reward, backpropagated through the sampler"}
+UPDATE_TITLES = {
+    "ppo/approx_kl": "approx. KL (PPO)",
+    "ppo/clipfrac": "clip fraction (PPO)",
+    "ppo/kl_to_frozen": "KL to the frozen policy",
+    "ppo/grad_norm": "gradient norm",
+}
+SPLIT_NAMES = {"train": "training prompts", "heldout": "held-out prompts"}
+
+
+def reward_terms(spec: str) -> tuple[list[str], list[str]]:
+    """The terms of a reward spec (`name[:weight]+…`, validated when the run started) that training optimises, and
+    the names of the judges it only logs (weight 0)."""
+    trained, logged = [], []
+    for term in spec.replace(" ", "").split("+"):
+        name, _, weight = term.partition(":")
+        if float(weight or 1) == 0:
+            logged.append(name)
+        else:
+            trained.append(term)
+    return trained, logged
 
 
 def _fmt(value: float) -> str:
@@ -138,22 +162,19 @@ def _column(rows: list[dict[str, Any]], key: str) -> list[float]:
     return [float(row.get(key, math.nan)) for row in rows]
 
 
-def _charts(rows: list[dict[str, Any]]) -> str:
+def _charts(rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
     epochs = [int(row["epoch"]) for row in rows]
-    charts = [
-        line_chart("reward (total)", epochs, [("mean", _column(rows, "reward_mean"), _column(rows, "reward_std"))])
-    ]
+    trained, logged = reward_terms(str(config["reward"]))
+    title = f"training reward ({' + '.join(trained)})"
+    charts = [line_chart(title, epochs, [("mean", _column(rows, "reward_mean"), _column(rows, "reward_std"))])]
     for key in sorted(k for k in rows[-1] if k.startswith("reward/") and k.endswith("_mean")):
         name = key.removeprefix("reward/").removesuffix("_mean")
         std = _column(rows, f"reward/{name}_std") if f"reward/{name}_std" in rows[-1] else None
-        charts.append(line_chart(f"reward component: {name}", epochs, [("mean", _column(rows, key), std)]))
-    for key, title in (
-        ("ppo/loss", "PPO loss"),
-        ("ppo/approx_kl", "approx. KL"),
-        ("ppo/clipfrac", "clip fraction"),
-        ("ppo/kl_to_frozen", "KL to the frozen policy"),
-        ("ppo/grad_norm", "gradient norm"),
-    ):
+        kind = "logged only (weight 0)" if name in logged else "training reward's term"
+        charts.append(line_chart(f"{kind}: {name}", epochs, [("mean", _column(rows, key), std)]))
+    algorithm = config.get("train", {}).get("algorithm", "ddpo")
+    titles = {"ppo/loss": LOSS_TITLES.get(algorithm, f"{algorithm} loss"), **UPDATE_TITLES}
+    for key, title in titles.items():
         if key in rows[-1]:
             charts.append(line_chart(title, epochs, [(key.removeprefix("ppo/"), _column(rows, key), None)]))
     lrs = sorted(k for k in rows[-1] if k.startswith("lr/"))
@@ -169,19 +190,36 @@ def _eval_tables(run_dir: Path) -> str:
     eval_path = run_dir / "eval.json"
     if eval_path.is_file():
         results = json.loads(eval_path.read_text())
-        before, after = results.get("before", {}), results.get("after", {})
-        rows = [
-            [
-                name,
-                before.get(name, ""),
-                after.get(name, ""),
-                f"{after[name] - before[name]:+.4f}" if name in before and name in after else "",
-            ]
-            for name in sorted(before.keys() | after.keys())
-        ]
-        parts.append(
-            "<h3>Fixed-seed evaluation (eval.json)</h3>" + _table(["prompts", "before", "after", "change"], rows)
+        before, after, changes = results.get("before", {}), results.get("after", {}), results.get("change", {})
+        rows = []
+        for name in sorted(before.keys() | after.keys()):
+            change = changes.get(name)
+            interval = (
+                f"{change['mean']:+.4f} ± {change['ci95']:.4f} [{change['mean'] - change['ci95']:+.4f}, "
+                f"{change['mean'] + change['ci95']:+.4f}]"
+                if change
+                else ""
+            )
+            rows.append(
+                [
+                    SPLIT_NAMES.get(name, name),
+                    before.get(name, ""),
+                    after.get(name, ""),
+                    f"{after[name] - before[name]:+.4f}" if name in before and name in after else "",
+                    interval,
+                    change["n"] if change else "",
+                    change["verdict"] if change else "",
+                ]
+            )
+        header = ["prompts", "before", "after", "change", "95% interval of the change", "images", "verdict"]
+        sampler = results.get("sampler", {})
+        settings = (
+            f"<p class='meta'>paired images (same prompt, same seed) · {sampler['num_steps']} steps, guidance "
+            f"{sampler['guidance_scale']:g}, {len(sampler['seeds'])} seeds</p>"
+            if sampler
+            else ""
         )
+        parts.append(f"<h3>Fixed-seed evaluation (eval.json)</h3>{settings}{_table(header, rows)}")
     summary = run_dir / "eval" / "summary.csv"
     if summary.is_file():
         with open(summary, newline="") as handle:
@@ -226,8 +264,10 @@ def build_report(run_dir: Path) -> str:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
     faults = {k: sum(int(r.get(k, 0)) for r in rows) for k in ("faults/dropped_samples", "faults/skipped_steps")}
     done = rows[-1]["epoch"] if rows else 0
+    trained, logged = reward_terms(str(config["reward"]))
+    judges = f"reward {' + '.join(trained)}" + (f" · logged only: {', '.join(logged)}" if logged else "")
     meta = (
-        f"{html.escape(str(config['model']['base']))} · reward {html.escape(str(config['reward']))} · "
+        f"{html.escape(str(config['model']['base']))} · {config['train']['algorithm']} · {html.escape(judges)} · "
         f"epoch {done} of {config['train']['num_epochs']} · dropped samples {faults['faults/dropped_samples']} · "
         f"skipped optimizer steps {faults['faults/skipped_steps']}"
     )
@@ -235,7 +275,7 @@ def build_report(run_dir: Path) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>texforce · {html.escape(run_dir.name)}</title>"
         f"<style>{STYLE}</style></head><body><h1>texforce run {html.escape(run_dir.name)}</h1>"
         f"<div class='meta'>{meta}</div>"
-        f"<h2>Training curves</h2>{_charts(rows) if rows else '<p>no epoch finished yet</p>'}"
+        f"<h2>Training curves</h2>{_charts(rows, config) if rows else '<p>no epoch finished yet</p>'}"
         f"<h2>Evaluation</h2>{_eval_tables(run_dir) or '<p>no evaluation yet</p>'}"
         f"<h2>Samples (fixed seeds)</h2>{_pictures(run_dir, rows)}"
         f"<h2>Config</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre></body></html>"
