@@ -314,7 +314,9 @@ def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Seque
     for component in covered[0]:
         fuse_adapters(getattr(pipe, component), names, weights)
     fused = {component: getattr(pipe, component) for component in covered[0]}
-    write_folder_atomically(output, lambda folder: save_adapters(folder, fused, base, "fused", type(pipe)))
+    write_folder_atomically(
+        output, lambda folder: save_adapters(folder, fused, base, "fused", type(pipe), ui_name=output.name)
+    )
     return output
 
 
