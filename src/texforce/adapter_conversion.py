@@ -91,14 +91,12 @@ def read_adapters(path: str | Path) -> AdapterSet:
             modules, base = read_peft(folder, component)
             return AdapterSet({component: modules}, base)
         found = [c for c in COMPONENTS if (folder / c / PEFT_CONFIG).is_file()]
-        if found:
-            components, bases = {}, []
+        diffusers = folder / DIFFUSERS_WEIGHTS
+        if found or diffusers.is_file():  # PEFT folders first; the diffusers file for the rest (a T5 is PEFT only)
+            adapters = read_lora_file(diffusers) if diffusers.is_file() else AdapterSet({})
             for component in found:
-                components[component], base = read_peft(folder / component, component)
-                bases.append(base)
-            return AdapterSet(components, bases[0], _header_pipeline(folder))
-        if (folder / DIFFUSERS_WEIGHTS).is_file():
-            adapters = read_lora_file(folder / DIFFUSERS_WEIGHTS)
+                adapters.components[component], base = read_peft(folder / component, component)
+                adapters.base = adapters.base or base
             adapters.pipeline = _header_pipeline(folder)
             return adapters
     kohya = sorted(path.glob("*.safetensors"))

@@ -322,7 +322,8 @@ def read_diffusers(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> 
 def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(path, "pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict), handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
+            return tensors, handle.metadata() or {}
     except Exception as error:  # safetensors raises its own types for a file that is not one
         raise TexforceError(f"cannot read {path} as safetensors: {error}".splitlines()[0]) from None
 

@@ -200,7 +200,8 @@ def _load_component(
     if weights is None:
         return None
     try:
-        state, alphas, metadata = pipe.lora_state_dict(str(weights), return_lora_metadata=True)
+        read = pipe.lora_state_dict(str(weights), return_lora_metadata=True)  # SD3's, FLUX's: no alphas
+        state, alphas, metadata = read[0], read[1] if len(read) == 3 else None, read[-1]
     except Exception as error:  # diffusers raises many types for foreign files
         raise TexforceError(f"cannot read LoRA file {weights}: {error}".splitlines()[0]) from None
     if not any(k.startswith(f"{component}.") for k in state):
