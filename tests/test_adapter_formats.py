@@ -4,6 +4,7 @@ diffusers loading the kohya file as it loads the diffusers file, and alpha != ra
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -306,3 +307,19 @@ def test_export_cli_both_ways(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(tmp_path / "d"), "--format", "kohya", "-o", str(tmp_path / "k2")]) == 2
     assert "give -o a .safetensors path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("release, kind", [("sd-turbo_texforce", "sd"), ("sdxl-turbo_texforce", "sdxl")])
+def test_official_releases_export_to_a_kohya_file_stock_diffusers_applies_alike(release, kind, tmp_path):
+    """The official layouts (a transformers 4 PEFT folder; a diffusers file without metadata, alpha = rank) as
+    kohya files: stock diffusers on the kohya file gives what texforce's loader gives on the release."""
+    official = Path(__file__).parent / "fixtures" / "official" / release
+    kohya = convert_adapter(official, "kohya", tmp_path / f"{release}.safetensors")
+    assert all(k.startswith("lora_te_" if kind == "sd" else ("lora_te1_", "lora_te2_")) for k in load_file(kohya))
+    ours, stock = BUILDERS[kind](image_size=32), BUILDERS[kind](image_size=32)
+    load_text_adapters(ours, official)
+    stock.load_lora_weights(tmp_path, weight_name=kohya.name)
+    base = embeds(BUILDERS[kind](image_size=32))
+    for name, value in embeds(stock).items():
+        torch.testing.assert_close(value, embeds(ours)[name], atol=1e-5, rtol=1e-5)
+        assert (value - base[name]).abs().max() > 1e-3

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 
 from texforce.adapter_formats import (
     COMPONENTS,
@@ -24,7 +25,6 @@ from texforce.adapter_formats import (
     LoraModule,
     canonical_path,
     is_t5_path,
-    load_safetensors,
     pattern_value,
     read_lora_file,
     read_peft,
@@ -52,22 +52,22 @@ def adapter_set_of(
             found[canonical_path(component, path)] = LoraModule(down, state[f"{path}.lora_B.weight"], float(alpha))
         components[component] = found
         extra[component] = {k: v for k, v in config.to_dict().items() if k not in ("base_model_name_or_path",)}
-    return AdapterSet(components, base, pipeline, extra)
+    return AdapterSet(components, base, pipeline, extra_config=extra)
 
 
 def _header_pipeline(folder: Path) -> str | None:
     """The pipeline a texforce kohya file beside the adapters records (our `lora/` folders hold one)."""
     for candidate in sorted(folder.glob("*.safetensors")):
         if candidate.name != DIFFUSERS_WEIGHTS:
-            pipeline = load_safetensors(candidate)[1].get("texforce.pipeline")
+            with safe_open(candidate, "pt") as handle:
+                pipeline = (handle.metadata() or {}).get("texforce.pipeline")
             if pipeline:
                 return pipeline
     return None
 
 
-def _bare_component(folder: Path) -> str:
+def _bare_component(modules: dict[str, LoraModule], folder: Path) -> str:
     """Which component a bare PEFT folder adapts: a U-Net's or a CLIP's (the official `sd-turbo_texforce`)."""
-    modules, _ = read_peft(folder, "text_encoder")
     if all(path.startswith(UNET_PARTS) for path in modules):
         return "unet"
     if any(is_t5_path(path) for path in modules):
@@ -87,9 +87,8 @@ def read_adapters(path: str | Path) -> AdapterSet:
         return read_lora_file(path)
     for folder in (path, path / "lora"):
         if (folder / PEFT_CONFIG).is_file():
-            component = _bare_component(folder)
-            modules, base = read_peft(folder, component)
-            return AdapterSet({component: modules}, base)
+            modules, base = read_peft(folder, "text_encoder")  # a U-Net's paths read alike
+            return AdapterSet({_bare_component(modules, folder): modules}, base)
         found = [c for c in COMPONENTS if (folder / c / PEFT_CONFIG).is_file()]
         diffusers = folder / DIFFUSERS_WEIGHTS
         if found or diffusers.is_file():  # PEFT folders first; the diffusers file for the rest (a T5 is PEFT only)

@@ -81,6 +81,7 @@ class AdapterSet:
     components: dict[str, dict[str, LoraModule]]
     base: str | None = None
     pipeline: str | None = None  # the pipeline class name, when known: picks `lora_te_` or `lora_te1_`
+    numbered: bool | None = None  # a kohya file's own choice of `lora_te1_` over `lora_te_`, kept on conversion
     extra_config: dict[str, dict] = field(default_factory=dict)  # PEFT config fields kept from a live module
 
     def rank(self, component: str) -> int:
@@ -170,6 +171,8 @@ def _kohya_component(name: str) -> tuple[str, str]:
 def numbered_prefixes(adapters: AdapterSet) -> bool:
     """kohya's `lora_te1_` naming unless the pipeline is SD 1.x / 2.x (one CLIP: `lora_te_`); an unknown
     pipeline is numbered when the adapters cover more than one text encoder."""
+    if adapters.numbered is not None:
+        return adapters.numbered
     if adapters.pipeline is not None:
         return adapters.pipeline != "StableDiffusionPipeline"
     return any(c in adapters.components for c in ("text_encoder_2", "text_encoder_3"))
@@ -231,7 +234,9 @@ def read_kohya(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> Adap
         alpha = tensors[f"{name}.alpha"].item() if f"{name}.alpha" in tensors else down.shape[0]
         path = canonical_path(component, dotted_path(flat))
         components.setdefault(component, {})[path] = LoraModule(down, up, float(alpha))
-    return AdapterSet(components, header.get("texforce.base") or None, header.get("texforce.pipeline") or None)
+    numbered = any(key.startswith(("lora_te1_", "lora_te2_", "lora_te3_")) for key in tensors)
+    base, pipeline = header.get("texforce.base") or None, header.get("texforce.pipeline") or None
+    return AdapterSet(components, base, pipeline, numbered=numbered if components.keys() - {"unet"} else None)
 
 
 # ---------------------------------------------------------------------------------------------- diffusers file
