@@ -323,3 +323,18 @@ def test_official_releases_export_to_a_kohya_file_stock_diffusers_applies_alike(
     for name, value in embeds(stock).items():
         torch.testing.assert_close(value, embeds(ours)[name], atol=1e-5, rtol=1e-5)
         assert (value - base[name]).abs().max() > 1e-3
+
+
+def test_diffusers_refuses_alpha_tensors_in_its_own_layout(tmp_path):
+    """Why the diffusers file keeps alpha in its metadata only: diffusers 0.42's `load_lora_weights` rejects a
+    `<module>.alpha` tensor beside diffusers-layout keys (the kohya file carries them instead)."""
+    _, modules = trained("sd")
+    save_adapters(tmp_path, {"text_encoder": modules["text_encoder"]}, "texforce/tiny-random")
+    with safe_open(tmp_path / "pytorch_lora_weights.safetensors", "pt") as handle:
+        header = handle.metadata()
+    tensors = load_file(tmp_path / "pytorch_lora_weights.safetensors")
+    downs = [k for k in tensors if k.endswith(".lora_linear_layer.down.weight")]
+    alphas = {k.removesuffix(".lora_linear_layer.down.weight") + ".alpha": torch.tensor(8.0) for k in downs}
+    save_file(tensors | alphas, tmp_path / "with_alpha.safetensors", metadata=header)
+    with pytest.raises(ValueError, match="Invalid LoRA checkpoint"):
+        build_tiny_pipeline(image_size=32).load_lora_weights(tmp_path, weight_name="with_alpha.safetensors")
