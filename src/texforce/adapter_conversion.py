@@ -51,7 +51,7 @@ def adapter_set_of(
             alpha = pattern_value(config.alpha_pattern, path, config.lora_alpha)
             found[canonical_path(component, path)] = LoraModule(down, state[f"{path}.lora_B.weight"], float(alpha))
         components[component] = found
-        extra[component] = {k: v for k, v in config.to_dict().items() if k not in ("base_model_name_or_path",)}
+        extra[component] = {k: v for k, v in config.to_dict().items() if k != "base_model_name_or_path"}
     return AdapterSet(components, base, pipeline, extra_config=extra)
 
 
