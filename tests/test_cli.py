@@ -33,8 +33,10 @@ def test_train_writes_a_complete_run(tiny_model_dir, tmp_path, capsys):
         "eval.json",
         "samples/epoch_00002.png",
         "lora/pytorch_lora_weights.safetensors",
+        "lora/run.safetensors",  # the UI file (kohya layout), named after the run
         "lora/text_encoder/adapter_config.json",
         "checkpoints/checkpoint_00002/COMPLETE",
+        "checkpoints/checkpoint_00002/lora/run.safetensors",
     ):
         assert (run / name).is_file(), name
     results = json.loads((run / "eval.json").read_text())

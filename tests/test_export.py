@@ -1,6 +1,7 @@
 """Adapters round-trip through both formats, load others' layouts, and fuse exactly; files in the canonical layout."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -69,6 +70,8 @@ def test_diffusers_file_has_the_canonical_keys_and_portable_metadata(saved):
         metadata = json.loads(handle.metadata()["lora_adapter_metadata"])
     text = [k for k in keys if k.startswith("text_encoder.")]
     assert text and all(k.startswith("text_encoder.text_model.encoder.layers.") for k in text)
+    unet = [k for k in keys if k.startswith("unet.")]  # the attention-processor layout diffusers and UIs read
+    assert unet and all(re.search(r"\.attn[12]\.processor\.to_(q|k|v|out)_lora\.(down|up)\.weight$", k) for k in unet)
     assert {k.split(".", 1)[1] for k in metadata} == {
         "r", "lora_alpha", "target_modules", "lora_dropout", "rank_pattern", "alpha_pattern"
     }  # fmt: skip
@@ -122,10 +125,9 @@ def test_transformers4_layout_of_official_texforce_adapters(saved, tmp_path):
     old = tmp_path / "sd14_texforce"
     shutil.copytree(folder / "text_encoder", old)
     weights = load_file(old / "adapter_model.safetensors")
-    save_file(
-        {k.replace("base_model.model.", "base_model.model.text_model."): v for k, v in weights.items()},
-        old / "adapter_model.safetensors",
-    )
+    transformers4 = {k: v for k, v in weights.items() if k.startswith("base_model.model.text_model.")}
+    assert transformers4 and len(transformers4) == len(weights) // 2  # ours holds both layouts
+    save_file(transformers4, old / "adapter_model.safetensors")
     fresh = build_tiny_pipeline(image_size=32)
     load_adapter(fresh, old, "text_encoder")
     assert torch.equal(embed(fresh), embed(pipe))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny_overrides
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from safetensors.torch import load_file
 
 from texforce.adapters.files import load_text_adapters
 from texforce.algorithms.policy import Policy
@@ -146,6 +147,9 @@ def test_run_trains_and_exports_clip_and_t5_adapters(flow_run, tmp_path):
     lora = run / "lora"
     assert (lora / t5 / "adapter_config.json").is_file() and (lora / "text_encoder" / "adapter_config.json").is_file()
     assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    ui = load_file(lora / "run.safetensors")  # the UI file: every adapter; SD3's T5 as lora_te3_, FLUX's lora_te2_
+    assert {k.split("_")[1] for k in ui} == ({"te1", "te2", "te3"} if kind == "sd3" else {"te1", "te2"})
+    assert any("_encoder_block_" in k for k in ui) and all(ui[k].dim() == 0 for k in ui if k.endswith(".alpha"))
 
     # texforce's loader puts every encoder's adapter back: the trained policy's conditioning, exactly
     trained = make_policy(model_dir, tmp_path)

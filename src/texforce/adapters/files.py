@@ -1,6 +1,8 @@
-"""LoRA adapters on disk: save in both diffusers and PEFT formats, load either (ours or others'), fuse.
+"""LoRA adapters on disk: save in the diffusers, PEFT and kohya formats, load any of them (ours or others'), fuse.
 
 Layout of an exported adapter folder (`RUN/lora`, and inside every checkpoint):
+    <run name>.safetensors            kohya: the one file for ComfyUI, Forge and AUTOMATIC1111 (`loras/` folder,
+                                      strength 1.0): every adapter, T5 and U-Net included, with `.alpha` tensors
     pytorch_lora_weights.safetensors  diffusers: `pipe.load_lora_weights(folder)` (SD, SDXL, SD3, FLUX); the CLIP
                                       encoders' and the U-Net's adapters, alpha kept as metadata
     text_encoder/                     PEFT: `PeftModel.from_pretrained(pipe.text_encoder, folder / "text_encoder")`
@@ -8,12 +10,11 @@ Layout of an exported adapter folder (`RUN/lora`, and inside every checkpoint):
     text_encoder_3/                   PEFT, SD3's T5
     unet/                             PEFT, only when a U-Net adapter was trained
 
-A T5 adapter is in its PEFT folder only: diffusers' SD3 and FLUX loaders read no T5 keys (they would silently skip
-them), so `texforce`'s loader (`load_text_adapters`) or PEFT loads it.
-
-The diffusers file uses the canonical key layout, `text_encoder.text_model.encoder.layers.…` (transformers 5's
-`CLIPTextModel` has no `text_model` level, older stacks need it; diffusers reads both), and only the LoRA metadata
-that every peft version understands, so that the file loads under older diffusers/peft stacks too.
+A T5 adapter is not in the diffusers file: diffusers' SD3 and FLUX loaders read no T5 keys (they would silently skip
+them), so `texforce`'s loader (`load_text_adapters`), PEFT or a UI (the kohya file) loads it. The key layouts are in
+`adapter_formats`: the diffusers file's CLIP keys are `text_encoder.text_model.encoder.layers.…` (transformers 5's
+`CLIPTextModel` has no `text_model` level, older stacks need it; diffusers reads both), its U-Net keys in the
+attention-processor layout, with only the LoRA metadata every peft version understands.
 """
 
 from __future__ import annotations
@@ -24,47 +25,28 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
+from texforce.adapters.conversion import adapter_set_of
+from texforce.adapters.formats import (
+    DIFFUSERS_WEIGHTS,
+    PEFT_CONFIG,
+    PEFT_PREFIX,
+    PEFT_WEIGHTS,
+    write_diffusers,
+    write_kohya,
+    write_peft,
+)
 from texforce.bases.loading import TEXT_ENCODERS, is_t5, text_encoders
 from texforce.errors import TexforceError
 from texforce.files import write_folder_atomically
 
-DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
-# LoRA metadata of our diffusers files: fields every peft's LoraConfig has (diffusers >= 0.34 passes the metadata to
-# it, and older peft versions refuse newer fields); diffusers 0.35 also requires the two patterns
-PORTABLE_LORA_FIELDS = ("r", "lora_alpha", "target_modules", "lora_dropout", "rank_pattern", "alpha_pattern")
-
 
 def lora_config_of(module: torch.nn.Module, adapter_name: str = "default") -> PeftLoraConfig:
     return module.peft_config[adapter_name]
-
-
-def save_peft_adapter(module: torch.nn.Module, folder: Path, base_model: str, adapter_name: str = "default") -> None:
-    """Write `module`'s adapter as a standard PEFT folder (config + safetensors with `base_model.model.` keys)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(module, adapter_name=adapter_name)
-    save_file({PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / PEFT_WEIGHTS)
-    config = lora_config_of(module, adapter_name).to_dict()
-    config.update(base_model_name_or_path=base_model, inference_mode=True)
-    config["target_modules"] = sorted(config["target_modules"])
-    (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2, default=list))
-
-
-def canonical_lora_layers(module: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """`module`'s adapter in diffusers' key layout, with the `text_model.` level of a CLIP text model restored
-    where transformers 5 dropped it."""
-    state = get_peft_model_state_dict(module, adapter_name=adapter_name)
-    if isinstance(module, CLIPTextModel) and not hasattr(module, "text_model"):
-        state = {f"text_model.{key}": value for key, value in state.items()}
-    return convert_state_dict_to_diffusers(state)
 
 
 def save_adapters(
@@ -73,24 +55,22 @@ def save_adapters(
     base_model: str,
     adapter_name: str = "default",
     pipeline_class: type[DiffusionPipeline] | None = None,
+    ui_name: str | None = None,
 ) -> None:
     """Save adapter `adapter_name` of `modules` (by component name: `text_encoder`, `text_encoder_2`,
-    `text_encoder_3`, `unet`) in both formats into `folder`: a PEFT folder each, and the diffusers file of
-    `pipeline_class` (default: SDXL's when there is a `text_encoder_2`, else SD's) for all but a T5."""
-    folder.mkdir(parents=True, exist_ok=True)
-    layers, metadata = {}, {}
-    for name, module in modules.items():
-        save_peft_adapter(module, folder / name, base_model, adapter_name)
-        if is_t5(module):
-            continue
-        layers[f"{name}_lora_layers"] = canonical_lora_layers(module, adapter_name)
-        config = lora_config_of(module, adapter_name).to_dict()
-        config["target_modules"] = sorted(config["target_modules"])
-        metadata[f"{name}_lora_adapter_metadata"] = {key: config[key] for key in PORTABLE_LORA_FIELDS}
+    `text_encoder_3`, `unet`) into `folder`: a PEFT folder each, the diffusers file for all but a T5, and with
+    `ui_name` the kohya file `<ui_name>.safetensors` of them all. `pipeline_class` (default: SDXL's when there is a
+    `text_encoder_2`, else SD's) picks the kohya prefixes."""
     if pipeline_class is None:
         pipeline_class = StableDiffusionXLPipeline if "text_encoder_2" in modules else StableDiffusionPipeline
-    if layers:
-        pipeline_class.save_lora_weights(folder, **layers, **metadata)
+    adapters = adapter_set_of(modules, adapter_name, base_model, pipeline_class.__name__)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in modules:
+        write_peft(adapters, name, folder / name)
+    if any(not is_t5(module) for module in modules.values()):
+        write_diffusers(adapters, folder / DIFFUSERS_WEIGHTS)
+    if ui_name is not None:
+        write_kohya(adapters, folder / f"{ui_name}.safetensors")
 
 
 def save_pipeline(pipe: DiffusionPipeline, folder: Path) -> None:
@@ -171,8 +151,8 @@ def _misfit(adapter: Path, module: torch.nn.Module, base: str | None, error: Exc
 
 
 def _normalise_keys(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Map others' key layouts onto `module`: strip PEFT's prefix and, for transformers >= 5 CLIP text
-    models (no `text_model.` level), the `text_model.` of adapters saved with transformers 4."""
+    """Map others' key layouts onto `module`: strip PEFT's prefix and fit a CLIP text model's `text_model.` level
+    to the installed transformers (5's `CLIPTextModel` has none, 4's has it; our folders hold both layouts)."""
     names = {name for name, _ in module.named_modules()}
     normalised = {}
     for key, value in state.items():
@@ -180,6 +160,8 @@ def _normalise_keys(state: dict[str, torch.Tensor], module: torch.nn.Module) -> 
         module_name = key.split(".lora_")[0]
         if module_name not in names and key.startswith("text_model.") and module_name[11:] in names:
             key = key[len("text_model.") :]
+        elif module_name not in names and f"text_model.{module_name}" in names:
+            key = f"text_model.{key}"
         normalised[key] = value
     return normalised
 
@@ -218,7 +200,8 @@ def _load_component(
     if weights is None:
         return None
     try:
-        state, alphas, metadata = pipe.lora_state_dict(str(weights), return_lora_metadata=True)
+        read = pipe.lora_state_dict(str(weights), return_lora_metadata=True)  # SD3's, FLUX's: no alphas
+        state, alphas, metadata = read[0], read[1] if len(read) == 3 else None, read[-1]
     except Exception as error:  # diffusers raises many types for foreign files
         raise TexforceError(f"cannot read LoRA file {weights}: {error}".splitlines()[0]) from None
     if not any(k.startswith(f"{component}.") for k in state):
@@ -332,5 +315,7 @@ def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Seque
     for component in covered[0]:
         fuse_adapters(getattr(pipe, component), names, weights)
     fused = {component: getattr(pipe, component) for component in covered[0]}
-    write_folder_atomically(output, lambda folder: save_adapters(folder, fused, base, "fused", type(pipe)))
+    write_folder_atomically(
+        output, lambda folder: save_adapters(folder, fused, base, "fused", type(pipe), ui_name=output.name)
+    )
     return output

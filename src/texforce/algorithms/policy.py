@@ -272,9 +272,11 @@ class Policy:
         return decode_latents(self.vae, latents).cpu()
 
     # ------------------------------------------------------------------ adapters on disk
-    def save_adapters(self, folder: Path) -> None:
-        """Both formats (diffusers + PEFT; a T5's in PEFT only) of the trained adapters into `folder`."""
-        save_adapters(folder, self.adapted, self.config.model.base, pipeline_class=type(self.pipe))
+    def save_adapters(self, folder: Path, ui_name: str | None = None) -> None:
+        """The trained adapters into `folder`: diffusers + PEFT (a T5's in PEFT only), and with `ui_name` the kohya
+        file `<ui_name>.safetensors` for ComfyUI, Forge and AUTOMATIC1111."""
+        base, pipeline = self.config.model.base, type(self.pipe)
+        save_adapters(folder, self.adapted, base, pipeline_class=pipeline, ui_name=ui_name)
 
     def load_adapters(self, folder: Path) -> None:
         """Restore the trained adapters from a folder `save_adapters` wrote (a checkpoint's `lora/`)."""

@@ -6,10 +6,10 @@ import argparse
 import sys
 import warnings
 
-from texforce.cli import diagnose, eval, experiment, fuse, report, rewards, sample, score, train, world
+from texforce.cli import diagnose, eval, experiment, export, fuse, report, rewards, sample, score, train, world
 from texforce.errors import TexforceError
 
-COMMANDS = [train, sample, fuse, rewards, world, score, eval, report, experiment, diagnose]
+COMMANDS = [train, sample, fuse, export, rewards, world, score, eval, report, experiment, diagnose]
 
 EPILOG = """examples:
   texforce train                                  # the embedded offline default, minutes on a CPU
@@ -17,6 +17,7 @@ EPILOG = """examples:
   texforce train --resume runs/20261125-120000
   texforce sample --text-lora runs/X/lora --prompt "two red circles" -o circles.png   # the adapter's base model
   texforce fuse runs/A/lora runs/B/lora --weights 0.6 0.4 -o fused
+  texforce export runs/A --format kohya -o A.safetensors   # one file for ComfyUI, Forge, AUTOMATIC1111
   texforce rewards
   texforce eval runs/A                            # base vs the run's adapter on its held-out prompts → runs/A/eval
   texforce report runs/20261125-120000            # self-contained HTML: curves, grids, config, eval

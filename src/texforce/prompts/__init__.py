@@ -1,4 +1,4 @@
-"""Prompt sets: built-in ones (the TexForce paper's tasks, DDPO's animals) and files.
+"""Prompt sets: built-in ones (the TexForce paper's tasks, DDPO's animals) and files (benchmarks' too: `files`).
 
 A `PromptSet` keeps training prompts and held-out evaluation prompts apart. Single-prompt tasks
 evaluate on their own prompt with fresh seeds, as the paper does; `animals` holds out every fifth animal.
@@ -6,12 +6,12 @@ evaluate on their own prompt with fresh seeds, as the paper does; `animals` hold
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from texforce.errors import TexforceError
+from texforce.prompts.files import read_prompts, split_source
 
 ANIMALS = [
     "cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider", "bird", "sheep", "deer",
@@ -87,40 +87,10 @@ PROMPT_SETS: dict[str, Callable[[], PromptSet]] = {
 }
 
 
-def load_prompt_file(path: str | Path) -> tuple[str, ...]:
-    """Prompts from a file: .json (list of strings, or of objects with `prompt`/`text`), else one per line."""
-    path = Path(path)
-    if not path.is_file():
-        raise TexforceError(f"prompt file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise TexforceError(f"prompt file {path} is not UTF-8 text") from None
-    if path.suffix.lower() == ".json":
-        prompts = _prompts_from_json(text, path)
-    else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise TexforceError(f"prompt file {path} holds no prompts")
-    return tuple(prompts)
-
-
-def _prompts_from_json(text: str, path: Path) -> list[str]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise TexforceError(f"prompt file {path} is not valid JSON: {error}") from None
-    if not isinstance(data, list):
-        raise TexforceError(f"prompt file {path} must hold a JSON list, got {type(data).__name__}")
-    prompts = []
-    for i, item in enumerate(data):
-        if isinstance(item, dict):
-            item = item.get("prompt", item.get("text"))
-        if not isinstance(item, str):
-            raise TexforceError(f"prompt file {path}: item {i} is neither a string nor has a 'prompt'/'text' string")
-        if item.strip():
-            prompts.append(item.strip())
-    return prompts
+def load_prompt_file(source: str | Path) -> tuple[str, ...]:
+    """Prompts from a file, `FILE:Column=Value` filters allowed: one per line (T2I-CompBench), a JSON list, or a
+    benchmark's table as published (PartiPrompts TSV, DrawBench CSV, GenEval JSONL; `prompts.files`)."""
+    return tuple(read_prompts(*split_source(str(source))))
 
 
 def load_prompt_set(train: str, eval: str | None = None) -> PromptSet:
@@ -133,7 +103,7 @@ def load_prompt_set(train: str, eval: str | None = None) -> PromptSet:
 
 def check_prompt_source(source: str, key: str) -> None:
     """Fail early, naming the config key, if `source` is neither a built-in set nor an existing file."""
-    if source not in PROMPT_SETS and not Path(source).is_file():
+    if source not in PROMPT_SETS and not split_source(source)[0].is_file():
         raise TexforceError(
             f"{key}: {source!r} is neither a prompt file nor a built-in set ({', '.join(sorted(PROMPT_SETS))})"
         )
@@ -142,9 +112,10 @@ def check_prompt_source(source: str, key: str) -> None:
 def _resolve(source: str) -> PromptSet:
     if source in PROMPT_SETS:
         return PROMPT_SETS[source]()
-    if Path(source).suffix or Path(source).exists():
+    path, _ = split_source(source)
+    if path.suffix or path.exists():
         prompts = load_prompt_file(source)
-        return PromptSet(Path(source).stem, prompts, prompts)
+        return PromptSet(path.stem, prompts, prompts)
     raise TexforceError(
         f"unknown prompt set {source!r}: not a file, and valid built-in sets are {', '.join(sorted(PROMPT_SETS))}"
     )

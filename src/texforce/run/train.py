@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +218,7 @@ def export_adapters(trainer: Trainer, run_dir: Path) -> None:
     """The final adapters into `RUN/lora`, via a temporary folder and a rename."""
     final = run_dir / "lora"
     try:
-        write_folder_atomically(final, trainer.policy.save_adapters)
+        write_folder_atomically(final, partial(trainer.policy.save_adapters, ui_name=run_dir.name))
     except OSError as error:
         raise TexforceError(
             f"cannot write the final adapters to {final} ({error.strerror or error}); {resume_hint(run_dir)}"

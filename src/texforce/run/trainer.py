@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,8 @@ class Trainer:
             stats = self.algorithm.run_epoch(epoch, epoch_generator(c.seed, epoch))
             self.log.epoch(epoch + 1, stats, self.lr_scheduler.get_last_lr())
             if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 == c.train.num_epochs:
-                self.log.checkpoint(epoch + 1, self.state_dict(epoch + 1), self.policy.save_adapters)
+                write = partial(self.policy.save_adapters, ui_name=self.log.run_dir.name)
+                self.log.checkpoint(epoch + 1, self.state_dict(epoch + 1), write)
 
     # ------------------------------------------------------------------ shared by the algorithms
     def draw_prompts(self, generator: torch.Generator, group_size: int = 1) -> list[str]:
