@@ -63,6 +63,11 @@ BACKPROP = [  # DRaFT-1 with checkpointing, on a differentiable reward that read
 ]
 
 
+def resolution(args: argparse.Namespace) -> list[str]:
+    """The `sample.resolution` override of --resolution, if given."""
+    return [] if args.resolution is None else [f"sample.resolution={args.resolution}"]
+
+
 def build_trainer(base: str, steps: int, sample_batch: int, train_batch: int, tmp: str, extra: list[str]) -> Trainer:
     config = load_config(
         None,
@@ -137,7 +142,7 @@ def measure(mode: str, args: argparse.Namespace, base: str, tmp: str) -> list[di
     reference = mode == "reference"
     sample_batch, train_batch = (4, 4) if reference else (args.sample_batch, args.train_batch)
     extra = ["model.dtype=fp32"] if reference else [f"model.dtype={args.dtype}", *OPTIONS[mode]]
-    trainer = build_trainer(base, args.steps, sample_batch, train_batch, tmp, extra)
+    trainer = build_trainer(base, args.steps, sample_batch, train_batch, tmp, [*extra, *resolution(args)])
     device = trainer.device
     prompts = [PROMPT] * sample_batch
     autocast = torch.autocast(device.type, dtype=torch.float16, enabled=reference and device.type == "cuda")
@@ -187,7 +192,8 @@ def measure(mode: str, args: argparse.Namespace, base: str, tmp: str) -> list[di
 def measure_backprop(args: argparse.Namespace, base: str, tmp: str) -> list[dict]:
     """Direct backprop at K = 1 with checkpointing: images/s and memory per image of one micro-batch."""
     batch = args.backprop_batch
-    trainer = build_trainer(base, args.steps, batch, batch, tmp, [f"model.dtype={args.dtype}", *BACKPROP])
+    extra = [f"model.dtype={args.dtype}", *BACKPROP, *resolution(args)]
+    trainer = build_trainer(base, args.steps, batch, batch, tmp, extra)
     device, prompts = trainer.device, [PROMPT] * batch
 
     def step() -> None:
@@ -237,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-batch", type=int, default=32)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--backprop-batch", type=int, default=4)
+    parser.add_argument("--resolution", type=int, help="image size in pixels; unset: the model's native size")
     parser.add_argument("--json", help="append the figures to this JSON-lines file")
     return parser
 
@@ -251,6 +258,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("the compile mode compares U-Net calls; run it with --arch sd15, sd21 or sdxl")
     if args.smoke:
         args.steps, args.sample_batch, args.train_batch, args.backprop_batch = 4, 4, 2, 2
+        if args.arch in FLOW_ARCHS and args.resolution is None:  # the tiny models' size; FLUX's own default is 1024
+            args.resolution = 64
     base = SMOKE_MODELS[args.arch] if args.smoke else f"texforce/{args.arch}-random"
     figures, reference = [], {}
     with tempfile.TemporaryDirectory() as tmp:

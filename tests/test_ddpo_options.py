@@ -191,8 +191,15 @@ def test_ema_run_exports_the_average(tiny_model_dir, tmp_path):
     run = train_run(None, tiny_overrides(tiny_model_dir, tmp_path, train__ema_decay=0.5), quiet=True)
     checkpoint = complete_checkpoints(run)[-1]
     shadow = torch.load(checkpoint / STATE_FILE, weights_only=False)["ema"]["shadow"]
-    exported = load_file(run / "lora" / "text_encoder" / "adapter_model.safetensors")
-    live = load_file(checkpoint / "lora" / "text_encoder" / "adapter_model.safetensors")
+    # a CLIPTextModel's PEFT file holds each tensor under both transformers layouts (with and without `text_model.`)
+    exported, live = (
+        {
+            k: v
+            for k, v in load_file(lora / "text_encoder" / "adapter_model.safetensors").items()
+            if "text_model." not in k
+        }
+        for lora in (run / "lora", checkpoint / "lora")
+    )
     assert list(exported) == list(live) and len(exported) == len(shadow)
     lora_b = [k for k in exported if "lora_B" in k]
     assert all(not torch.equal(exported[k], live[k]) for k in lora_b)  # the average, not the last iterate

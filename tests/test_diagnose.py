@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_overrides
 
 from texforce.cli.main import main
+from texforce.run import diagnose
 from texforce.run.run_config import load_config
-from texforce.run.train import diagnose
 from texforce.run.trainer import epoch_generator
 
 

@@ -53,6 +53,7 @@ WORK = [  # where commands start their work: loading a model or a reward, or the
     "texforce.bases.loading.prepare_pipeline",
     "texforce.algorithms.policy.prepare_pipeline",
     "texforce.rewards.load_reward",
+    "texforce.adapters.conversion.read_adapters",  # `texforce export`: reading the adapter is its work
     "texforce.world.models.pretrain.pretrain",
     "texforce.world.models.flow.pretrain_flow",
     "texforce.world.judges.evaluate.validate_reward",

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from texforce import models
+from texforce.bases import loading as models
 from texforce.bases.families import BUILT_IN_FAMILIES, FAMILIES, detect_family
 from texforce.bases.flow import FLOW_BUILT_IN, build_tiny_flux_pipeline, build_tiny_sd3_pipeline
 from texforce.bases.rendering import render_images

@@ -14,8 +14,8 @@ from test_trainer import first_batch, make_trainer
 
 from texforce.cli.main import main
 from texforce.rewards import RewardOutput, build_reward
+from texforce.run import trainer as trainer_module
 from texforce.run.train import train_run
-from texforce.run.train import trainer as trainer_module
 from texforce.training.checkpoint import complete_checkpoints
 
 TRAIN_BATCH, CHUNK = 8, 4  # samples per epoch and per sampling batch in tiny_overrides; eval batches have 2

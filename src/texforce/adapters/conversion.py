@@ -1,5 +1,5 @@
 """`texforce export`: read any adapter texforce loads (a run, its `lora/`, a PEFT folder, a diffusers or kohya
-file, the official TexForce releases) and write it as kohya, diffusers or PEFT (`adapter_formats` has the layouts).
+file, the official TexForce releases) and write it as kohya, diffusers or PEFT (`formats` has the layouts).
 
     kohya      one `.safetensors` file: ComfyUI, Forge, AUTOMATIC1111
     diffusers  a folder: `pytorch_lora_weights.safetensors` (`pipe.load_lora_weights(folder)`), a T5's PEFT folder

@@ -12,7 +12,7 @@ Layout of an exported adapter folder (`RUN/lora`, and inside every checkpoint):
 
 A T5 adapter is not in the diffusers file: diffusers' SD3 and FLUX loaders read no T5 keys (they would silently skip
 them), so `texforce`'s loader (`load_text_adapters`), PEFT or a UI (the kohya file) loads it. The key layouts are in
-`adapter_formats`: the diffusers file's CLIP keys are `text_encoder.text_model.encoder.layers.…` (transformers 5's
+`formats`: the diffusers file's CLIP keys are `text_encoder.text_model.encoder.layers.…` (transformers 5's
 `CLIPTextModel` has no `text_model` level, older stacks need it; diffusers reads both), its U-Net keys in the
 attention-processor layout, with only the LoRA metadata every peft version understands.
 """
