@@ -1,9 +1,12 @@
-"""`texforce world pretrain` runs every stage end to end on tiny sizes, and its output loads offline."""
+"""`texforce world pretrain` runs every stage end to end on tiny sizes, and its output loads offline.
+
+One tiny pre-training (seed 1) is shared by the tests that read it, reuse its parts or warm-start from it."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,24 +23,32 @@ def _world(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_pretrain_tiny_end_to_end(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def first(tmp_path_factory) -> Path:
+    """`texforce world pretrain --tiny --seed 1`, offline."""
+    folder = tmp_path_factory.mktemp("pretrain") / "first"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        assert _world(["pretrain", "--out", str(folder), "--tiny", "--seed", "1"]) == 0
+    return folder
+
+
+def test_pretrain_tiny_end_to_end(first, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert _world(["pretrain", "--out", str(tmp_path), "--tiny", "--seed", "1"]) == 0
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        assert (tmp_path / "model" / part).is_dir()
-    assert (tmp_path / "clip_image" / "text_projection.safetensors").is_file()
-    pipeline = StableDiffusionPipeline.from_pretrained(tmp_path / "model", torch_dtype=torch.float32)
+        assert (first / "model" / part).is_dir()
+    assert (first / "clip_image" / "text_projection.safetensors").is_file()
+    pipeline = StableDiffusionPipeline.from_pretrained(first / "model", torch_dtype=torch.float32)
     assert pipeline.scheduler.config.steps_offset == 1
     assert pipeline.unet.config.cross_attention_dim == pipeline.text_encoder.config.hidden_size
     with pytest.raises(TexforceError, match="not empty"):
-        _world(["pretrain", "--out", str(tmp_path), "--tiny"])
+        _world(["pretrain", "--out", str(first), "--tiny"])
 
 
-def test_eval_writes_numbers_and_grid(tmp_path, monkeypatch):
+def test_eval_writes_numbers_and_grid(first, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _world(["pretrain", "--out", str(tmp_path), "--tiny"])
     output, grid = tmp_path / "eval.json", tmp_path / "grid.png"
-    argv = ["eval", "--model", str(tmp_path / "model"), "--num-prompts", "2", "--num-seeds", "1"]
+    argv = ["eval", "--model", str(first / "model"), "--num-prompts", "2", "--num-seeds", "1"]
     assert _world([*argv, "--num-inference-steps", "2", "--output", str(output), "--grid", str(grid)]) == 0
     record = json.loads(output.read_text())
     assert set(record["families"]) == {"single", "count", "relation", "composition"}
@@ -68,12 +79,11 @@ def test_vae_loss_weights_objects_and_their_rim(background):
     assert (weights[:, 0][~near] == 1).all()
 
 
-def test_pretrain_reuses_an_earlier_clip(tmp_path, monkeypatch):
+def test_pretrain_reuses_an_earlier_clip(first, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    first, second = tmp_path / "first", tmp_path / "second"
-    _world(["pretrain", "--out", str(first), "--tiny", "--seed", "1"])
+    second = tmp_path / "second"
     _world(["pretrain", "--out", str(second), "--tiny", "--seed", "2", "--reuse-clip", str(first)])
     stats = json.loads((second / "model" / "pretrain_stats.json").read_text())
     assert stats["clip_reused"] and "clip_s" not in stats["timings"]
@@ -89,12 +99,11 @@ def test_pretrain_reuses_an_earlier_clip(tmp_path, monkeypatch):
         _world(["pretrain", "--out", str(tmp_path / "third"), "--tiny", "--reuse-clip", str(tmp_path / "nowhere")])
 
 
-def test_pretrain_reuses_a_vae_and_warm_starts_the_unet(tmp_path, monkeypatch):
+def test_pretrain_reuses_a_vae_and_warm_starts_the_unet(first, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    first, second = tmp_path / "first", tmp_path / "second"
-    _world(["pretrain", "--out", str(first), "--tiny", "--seed", "1"])
+    second = tmp_path / "second"
     parts = ["--reuse-clip", str(first), "--reuse-vae", str(first), "--init-unet", str(first)]
     _world(["pretrain", "--out", str(second), "--tiny", "--seed", "2", *parts])
     stats = json.loads((second / "model" / "pretrain_stats.json").read_text())
@@ -114,8 +123,7 @@ def test_pretrain_reuses_a_vae_and_warm_starts_the_unet(tmp_path, monkeypatch):
     assert not all(torch.equal(before[k], after[k]) for k in before)  # fine-tuned, not reused
 
 
-def test_pretrain_refuses_a_reused_clip_of_other_sizes(tmp_path, monkeypatch):
+def test_pretrain_refuses_a_reused_clip_of_other_sizes(first, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _world(["pretrain", "--out", str(tmp_path / "tiny"), "--tiny"])
     with pytest.raises(TexforceError, match=r"text tower has .* the config"):
-        _world(["pretrain", "--out", str(tmp_path / "full"), "--reuse-clip", str(tmp_path / "tiny")])
+        _world(["pretrain", "--out", str(tmp_path / "full"), "--reuse-clip", str(first)])

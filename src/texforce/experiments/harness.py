@@ -73,6 +73,8 @@ BUDGETS = {
             "train.gradient_accumulation_steps=1",
             "advantage.group_size=2",  # grouped advantages (the default run's) need a group to divide the 2 samples
             "train.num_epochs=1",
+            "eval.num_prompts=2",  # the run's own before/after judging (the default run's: 64 prompts × 4 seeds)
+            "eval.num_seeds=1",
         ),
         num_seeds=1,
         num_eval_prompts=2,
