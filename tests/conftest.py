@@ -16,9 +16,19 @@ import torch
 from texforce.bases.sd import build_tiny_pipeline, build_tiny_sdxl_pipeline
 from texforce.run.run_config import load_config
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if WORKER:
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"  # and in the processes the tests start (CLI runs, torchrun, benchmarks)
+
+
+@pytest.fixture(autouse=True)
+def one_thread_per_worker():
+    """A test that sets torch's threads (a pre-training's config does) leaves the worker at one again: two threads
+    beside another worker's process spin on a shared core and run several times slower."""
+    yield
+    if WORKER and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

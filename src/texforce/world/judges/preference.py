@@ -78,7 +78,7 @@ class PreferenceConfig:
 
 
 def tiny_preference_config(seed: int = 0) -> PreferenceConfig:
-    """A seconds-long smoke build of every stage."""
+    """A seconds-long smoke build of every stage, on one thread."""
     return PreferenceConfig(
         seed=seed,
         num_prompts=4,
@@ -92,6 +92,7 @@ def tiny_preference_config(seed: int = 0) -> PreferenceConfig:
         num_layers=1,
         steps=2,
         prompts_per_batch=2,
+        num_threads=1,  # tiny tensors gain nothing from a second thread, and a test worker has one core
     )
 
 

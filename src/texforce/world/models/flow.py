@@ -62,9 +62,16 @@ class FlowPretrainConfig:
 
 
 def tiny_flow_config(seed: int = 0) -> FlowPretrainConfig:
-    """A few steps on a few scenes: a seconds-long smoke run."""
+    """A few steps on a few scenes, on one thread: a seconds-long smoke run."""
     return FlowPretrainConfig(
-        seed=seed, num_scenes=32, num_layers=1, num_attention_heads=2, steps=4, batch_size=4, save_every=2
+        seed=seed,
+        num_scenes=32,
+        num_layers=1,
+        num_attention_heads=2,
+        steps=4,
+        batch_size=4,
+        save_every=2,
+        num_threads=1,
     )
 
 

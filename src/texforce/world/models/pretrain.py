@@ -89,7 +89,7 @@ class PretrainConfig:
 
 
 def tiny_config(seed: int = 0) -> PretrainConfig:
-    """Tiny sizes and a few steps: a smoke run of every stage in seconds."""
+    """Tiny sizes and a few steps, on one thread: a smoke run of every stage in seconds."""
     return PretrainConfig(
         seed=seed,
         num_scenes=64,
@@ -106,6 +106,7 @@ def tiny_config(seed: int = 0) -> PretrainConfig:
         unet_save_every=1,
         probe_every=2,
         unet_batch_size=4,
+        num_threads=1,  # tiny tensors gain nothing from a second thread, and a test worker has one core
     )
 
 
