@@ -7,11 +7,11 @@
 
 Both pipelines load the same folder (the world's shipped model by default). The stock one is diffusers' own:
 `from_pretrained`, a `DDIMScheduler` from its scheduler config, one call with `num_images_per_prompt` and a list of
-per-image generators. texforce's is `bases.loading.prepare_pipeline` with `bases.rendering.render_images` in the base's default
-batch size (the world: all at once), as `texforce sample --prompt P -n 32 --steps 20 --guidance-scale 5` renders.
-Model loading is left out. After one warm-up call each, the two take turns (either first) for --repeats paired
-calls; the ratio is of their medians (≤ 1.1 is the goal). The images' largest difference is reported too. Prints one
-JSON object (and appends it to --json).
+per-image generators. texforce's is `bases.loading.prepare_pipeline` with `bases.rendering.render_images` in the
+base's default batch size (the world: all at once), as `texforce sample --prompt P -n 32 --steps 20
+--guidance-scale 5` renders. Model loading is left out. After one warm-up call each, the two take turns (either
+first) for --repeats paired calls; the ratio is of their medians (≤ 1.1 is the goal). The images' largest difference
+is reported too. Prints one JSON object (and appends it to --json).
 """
 
 from __future__ import annotations
