@@ -28,7 +28,7 @@ def render_images(
 ) -> torch.Tensor:
     """Images (len(prompts), 3, H, W) in [0, 1] on the CPU: prompt i drawn from seed seeds[i], `batch_size` per
     pipeline call (None: all in one call). The negative prompt is encoded, as in training (SDXL: not zeros); SD3's
-    and FLUX's T5 length is `max_sequence_length` (see `models.call_options`)."""
+    and FLUX's T5 length is `max_sequence_length` (see `bases.loading.call_options`)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     size = batch_size or len(prompts)

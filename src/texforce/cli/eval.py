@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from texforce.observe.evaluation import parse_setup, run_eval
     from texforce.prompts import load_prompt_set
     from texforce.rewards import parse_reward_spec
-    from texforce.run.defaults import BaseDefaults, choose_base, defaults_for, judge
+    from texforce.run.defaults import BaseDefaults, batch_size_for, choose_base, defaults_for, judge
     from texforce.run.run_config import load_config
 
     if args.seeds < 1 or any(v is not None and v < 1 for v in (args.steps, args.batch_size)) or args.num_prompts < 0:
@@ -88,9 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise TexforceError("the same --config is given twice")
     if args.run is not None:
         base = args.model or defaults.model.base
-        resolved = BaseDefaults(
-            defaults, defaults_for(base).batch_size, f"the run's config.yaml ({run_dir / 'config.yaml'})"
-        )
+        resolved = BaseDefaults(defaults, batch_size_for(base), f"the run's config.yaml ({run_dir / 'config.yaml'})")
     else:
         base = choose_base(args.model, [path for s in setups for path in (s.text, s.unet)])
         resolved = defaults_for(base)
@@ -115,10 +113,9 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size or resolved.batch_size,
     }
     given = {"--steps": args.steps, "--guidance-scale": args.guidance_scale, "--batch-size": args.batch_size}
-    told = [flag for flag, value in given.items() if value is not None]
     seeds = list(range(args.seed, args.seed + args.seeds))
     summaries = run_eval(base, setups, prompts, seeds, rewards, output, options)
-    line = resolved.describe(options["steps"], options["guidance_scale"], options["batch_size"], told)
+    line = resolved.describe(options["steps"], options["guidance_scale"], options["batch_size"], given)
     print(f"texforce eval: {line}", file=sys.stderr)  # after run_eval's checks, whose errors are one line
     width = max(len(s.setup) for s in summaries)
     for s in summaries:

@@ -105,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     reward = build_reward(reward_spec, device) if reward_spec != "none" else None
     pipe.to(device)
     given = {"--steps": args.steps, "--guidance-scale": args.guidance_scale, "--batch-size": args.batch_size}
-    told = [flag for flag, value in given.items() if value is not None]
-    print(f"texforce sample: {resolved.describe(steps, guidance, batch_size, told)}", file=sys.stderr)
+    print(f"texforce sample: {resolved.describe(steps, guidance, batch_size, given)}", file=sys.stderr)
     shown = [prompt for prompt in prompts for _ in seeds]
     images = render_images(
         pipe,

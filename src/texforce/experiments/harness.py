@@ -189,7 +189,7 @@ def evaluate(
     """Render `setups` on `prompts` (the first `num_prompts`, default the budget's) × the evaluation seeds (default:
     the budget's) with the sampler of `config_name` into OUTPUT/`name`; summaries by (setup, reward)."""
     from texforce.bases.loading import resolve_device
-    from texforce.run.defaults import defaults_for
+    from texforce.run.defaults import batch_size_for
 
     config = arm_config(settings, config_name)
     options = {
@@ -198,7 +198,7 @@ def evaluate(
         "steps": settings.budget.eval_steps,
         "guidance_scale": config.sample.guidance_scale,
         "max_sequence_length": config.model.max_sequence_length,
-        "batch_size": defaults_for(config.model.base).batch_size,  # the world: all at once
+        "batch_size": batch_size_for(config.model.base),  # the world: all at once
     }
     prompts = list(prompts)[: num_prompts or settings.budget.num_eval_prompts]
     seeds = list(seeds or settings.eval_seeds)

@@ -1,17 +1,17 @@
 """What `sample`, `eval`, `score` and `fuse` use when not told: the base model an adapter records (else the embedded
 default's, the offline world), and the sampler settings, prompts and reward that fit that base: the shipped config
 that names it, else the library config with its family's published sampler settings. Nothing here holds a number of
-its own: they come from `configs/*.yaml`, the config dataclasses and `families.FAMILIES`.
+its own: they come from `configs/*.yaml`, the config dataclasses and `bases.families.FAMILIES`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from texforce.adapters.files import adapter_base
-from texforce.bases.families import detect_family
+from texforce.bases.families import Family, detect_family
 from texforce.bases.loading import WORLD, WORLD_FLOW
 from texforce.run.run_config import RunConfig, builtin_configs, load_config
 
@@ -42,8 +42,10 @@ class BaseDefaults:
     batch_size: int | None
     source: str
 
-    def describe(self, steps: int, guidance: float, batch_size: int | None, told: Iterable[str]) -> str:
-        """One line: the settings used (`told`: the flags given, which win) and where the rest came from."""
+    def describe(self, steps: int, guidance: float, batch_size: int | None, flags: Mapping[str, object]) -> str:
+        """One line: the settings used (`flags`: each sampler flag and its value, None when not given; those given
+        win) and where the rest came from."""
+        told = [flag for flag, value in flags.items() if value is not None]
         length = self.config.model.max_sequence_length
         parts = [
             f"{steps} step{'s' * (steps != 1)}",
@@ -53,6 +55,14 @@ class BaseDefaults:
         parts.append(f"batch {batch_size or 'all'}")
         flags = f"; {', '.join(told)} as given" if told else ""
         return f"sampler: {', '.join(parts)} — from {self.source}{flags}"
+
+
+def batch_size_for(base: str, family: Family | None = None) -> int | None:
+    """Images per pipeline call for `base`: its family's (`family`, else detected), None (all at once) for the
+    offline world's models."""
+    if base in (WORLD, WORLD_FLOW):
+        return None
+    return (family or detect_family(base).family).batch_size
 
 
 def shipped_config(base: str) -> tuple[str, RunConfig] | None:
@@ -67,7 +77,7 @@ def shipped_config(base: str) -> tuple[str, RunConfig] | None:
 
 def defaults_for(base: str) -> BaseDefaults:
     """The defaults of `base`: the shipped config that names it (T5 length and batch filled in from its family),
-    else the library's config with the sampler settings of the base's family (`families.FAMILIES`). The offline
+    else the library's config with the sampler settings of the base's family (`bases.families.FAMILIES`). The offline
     world's models render every image at once."""
     detection = detect_family(base)
     family = detection.family
@@ -80,8 +90,6 @@ def defaults_for(base: str) -> BaseDefaults:
         config.model.base = base
         config.sample.num_steps, config.sample.guidance_scale = family.num_steps, family.guidance_scale
         source = f"the {family.name} model card ({family.source}); family read from {detection.evidence}"
-    if base in (WORLD, WORLD_FLOW):
-        return BaseDefaults(config, None, source)
-    if config.model.max_sequence_length is None:
+    if base not in (WORLD, WORLD_FLOW) and config.model.max_sequence_length is None:
         config.model.max_sequence_length = family.max_sequence_length
-    return BaseDefaults(config, family.batch_size, source)
+    return BaseDefaults(config, batch_size_for(base, family), source)

@@ -5,7 +5,7 @@ Only the transformer and its scheduler are stored (`assets/world_flow/`); the te
 are the world model's own files, shared, not copied. The pipeline is a stock `StableDiffusion3Pipeline` with the
 world CLIP in both CLIP slots (two copies, so each gets its own LoRA) and no T5: the transformer's joint width is the
 two CLIPs' (64 + 64), and it was trained on the CLIP tokens alone, so a stock call passes `max_sequence_length=0`
-(texforce does this itself: `models.t5_free_length`).
+(texforce does this itself: `bases.loading.t5_free_length`).
 
     texforce world pretrain-flow --out src/texforce/world/assets/world_flow --seed 0
 """
