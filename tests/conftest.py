@@ -72,6 +72,7 @@ def tiny_overrides(model_dir: Path, output_dir: Path, **extra: object) -> list[s
         "advantage.mode": "batch",
         "eval.num_prompts": 2,
         "eval.num_seeds": 1,
+        "eval.styles": "[plain]",  # the default also judges engineered prompts
     }
     values.update({k.replace("__", "."): v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in values.items()]

@@ -163,3 +163,24 @@ def test_config_refuses_a_reward_without_gradient_naming_those_with_one():
         load_config(None, ["train.algorithm=grpo"])
     with pytest.raises(TexforceError, match=r"backprop.num_grad_steps must be in \[1, sample.num_steps=50\]"):
         load_config(None, ["train.algorithm=backprop", "reward=clipscore", "backprop.num_grad_steps=51"])
+
+
+def test_anchor_gradient_is_the_distance_of_styled_and_negative_prompts_to_the_frozen_one(tiny_model_dir, tmp_path):
+    """The anchor's gradient equals plain autograd of λ · Σ ‖E(p) − E₀(p)‖² / ‖E₀(p)‖² over the prompts in the
+    anchor's style and the negative prompt (it goes through the LoRA, and through guidance it moves every image)."""
+    style = "'{prompt}, highly detailed'"  # quoted: an override's value is YAML
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, backprop__anchor_coef=3.0, backprop__anchor_style=style, sample__guidance_scale=5.0
+    )
+    policy, encoder = trainer.policy, trainer.policy.text_encoders["text_encoder"]
+    distance = 0.0
+    for ids in (policy.tokenize([p + ", highly detailed" for p in PROMPTS]), policy.negative_ids):
+        with torch.no_grad(), policy.frozen():
+            frozen = encoder(ids)[0]
+        distance = distance + (encoder(ids)[0] - frozen).pow(2).mean() / frozen.pow(2).mean()
+    (3.0 * distance / trainer.config.train.gradient_accumulation_steps).backward()
+    reference = take_gradients(trainer)
+    assert trainer.algorithm.anchor(PROMPTS) == pytest.approx(float(distance), rel=1e-5) and float(distance) > 0
+    for a, b in zip(take_gradients(trainer), reference, strict=True):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, atol=1e-6 * float(b.abs().max()), rtol=1e-4)

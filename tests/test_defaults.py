@@ -93,8 +93,10 @@ def test_eval_without_a_model_judges_the_world_on_its_held_out_prompts(tmp_path,
     the headline set (the ceiling's 64 held-out plain prompts of the four families)."""
     calls = []
 
-    def record(base, setups, prompts, seeds, rewards, output, options):
+    def record(base, setups, prompts, seeds, rewards, output, options, styles):
         calls.append((base, list(prompts), list(rewards), options["steps"], options["guidance_scale"]))
+        output.mkdir()
+        (output / "results.csv").write_text("config,style,prompt,seed,reward,score\n")  # run_eval's output
         return [Summary("base", rewards[0], 1, 0.0, 0.0, 0.0, 0.0)]
 
     monkeypatch.setattr(evaluation, "run_eval", record)
@@ -108,9 +110,9 @@ def test_eval_of_a_run_takes_everything_from_the_run(run, tiny_model_dir, monkey
     rendered = []
     render = evaluation.render
 
-    def spy(setup, base, prompts, seeds, args):
+    def spy(setup, base, prompts, seeds, args, style="plain"):
         rendered.append((setup.label, base, args["steps"], args["guidance_scale"]))
-        return render(setup, base, prompts, seeds, args)
+        return render(setup, base, prompts, seeds, args, style)
 
     monkeypatch.setattr(evaluation, "render", spy)
     assert main(["eval", str(run), "--num-prompts", "1", "--seeds", "1"]) == 0

@@ -193,3 +193,58 @@ def test_arm_command_is_the_arms_training_as_a_process(tmp_path):
     assert argv[1:5] == ["-m", "texforce", "train", "world_text_clipscore"] and argv[-1] == "--quiet"
     assert argv.index("reward=world_clipscore") < argv.index("seed=2") < argv.index("run_name=text_clipscore_s2")
     assert "model.base=texforce/tiny-random" in argv and "--resume" not in argv
+
+
+def test_styles_judges_every_style_and_the_ablations(docs, tiny_model_dir):
+    from texforce.experiments.styles import ABLATIONS, ARMS
+    from texforce.observe.evaluation import read_rows
+    from texforce.prompts.styles import STYLES
+
+    folder, text = _run("styles", docs, tiny_model_dir)
+    assert [r[0] for r in _rows(text, "style")] == [f"`{s}`" for s in STYLES]
+    assert [r[0] for r in _rows(text, "arm")] == ["default", *ABLATIONS]
+    assert len(_rows(text, "adapter")) == 5 * len(ARMS)  # the issue's bars, per adapter
+    rows = read_rows(folder / "eval_styles")
+    assert {r["style"] for r in rows} == set(STYLES)
+    assert {r["config"] for r in rows} == {"base", "default/s0"}
+    assert (folder / "eval_grid" / "grid.png").is_file()
+
+
+def test_seed_change_pairs_images_and_takes_the_training_seed_as_unit():
+    from texforce.experiments.styles import seed_change
+
+    base = {"p": 0.9, "q": 0.1}  # far apart: unpaired, the prompts' spread would swamp the change
+    change = {"a/s0": {"p": 0.1, "q": 0.3}, "a/s1": {"p": 0.3, "q": 0.5}}  # seed means 0.2 and 0.4
+    rows = [{"config": "base", "style": "engineered", "prompt": p, "seed": 7, "reward": "r", "score": s}
+            for p, s in base.items()]  # fmt: skip
+    rows += [{"config": label, "style": "engineered", "prompt": p, "seed": 7, "reward": "r", "score": base[p] + d}
+             for label, by in change.items() for p, d in by.items()]  # fmt: skip
+    e = seed_change(rows, ["a/s0", "a/s1"], "engineered", "r")
+    assert e.n == 2 and e.mean == pytest.approx(0.3)
+    assert e.ci == pytest.approx(12.706 * 0.1414214 / 2**0.5, rel=1e-5)  # t(1) over the two seed means
+    with pytest.raises(KeyError):
+        seed_change(rows, ["a/s0"], "plain", "r")  # no such style was judged
+
+
+def test_a_run_another_process_is_training_is_waited_for_and_reused(tmp_path):
+    import subprocess
+    import sys
+
+    from texforce.experiments.main_job import timed_train
+
+    settings = Settings(BUDGETS["tiny"], tmp_path / "out", tmp_path / "runs", 1)
+    run_dir = settings.runs_dir / "default_s0"
+    run_dir.mkdir(parents=True)
+    ready = tmp_path / "ready"
+    other = (  # a scheduler's trainer: holds the run lock, finishes the run, writes its timing, exits
+        "import fcntl, json, pathlib, sys, time\n"
+        f"run = pathlib.Path({str(run_dir)!r})\n"
+        "handle = open(run / '.lock', 'a+'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(1.5)\n"
+        "(run / 'lora').mkdir(); (run / 'timing.json').write_text(json.dumps({'wall_seconds': 7.0}))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", other])
+    while not ready.exists():
+        time.sleep(0.05)
+    assert timed_train(settings, "default", 0) == (run_dir, {"wall_seconds": 7.0})  # not deleted and retrained
+    assert process.wait() == 0

@@ -76,3 +76,19 @@ def test_captioned_epoch_grid_scores_are_the_epochs_rewards(tiny_model_dir, tmp_
     scores = torch.tensor([float(c.split(" · ")[0]) for c in captions])
     record = json.loads((run / "metrics.jsonl").read_text())
     assert len(captions) == 8 and abs(scores.mean().item() - record["reward_mean"]) < 1e-3
+
+
+def test_the_run_judges_held_out_prompts_in_each_style_of_eval_styles(tiny_model_dir, tmp_path, capsys):
+    """A style is judged on the same held-out prompts and seeds, against the plain prompt, on a line of its own."""
+    import json
+
+    styles = "[plain, '{prompt}, highly detailed']"
+    assert main(["train", *tiny_overrides(tiny_model_dir, tmp_path), f"eval.styles={styles}"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    styled = "heldout@{prompt}, highly detailed"
+    assert list(record["change"]) == ["train", "heldout", styled]
+    assert record["scores"]["after"][styled] != record["scores"]["after"]["heldout"]  # the model saw other text
+    pattern = r"held-out prompts written \{prompt\}, highly detailed \(2 × 1 seeds\): jpeg_compressibility .*"
+    assert any(re.fullmatch(pattern, line) for line in lines), lines
+    assert (tmp_path / "run" / "samples" / "eval_after_heldout_prompt_highly_detailed.png").is_file()

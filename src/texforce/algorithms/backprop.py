@@ -19,6 +19,7 @@ import torch
 
 from texforce.config.schema import check, option
 from texforce.observe.runlog import EpochStats
+from texforce.prompts.styles import get_style, styled
 from texforce.rewards import RewardOutput, differentiable_rewards, parse_reward_spec
 from texforce.sampling import decode, denoise
 from texforce.training.checkpoint import kill_point
@@ -41,6 +42,19 @@ class BackpropConfig:
     )
     random_truncation: bool = option(False, "AlignProp: K drawn uniformly from 1..num_grad_steps per micro-batch")
     gradient_checkpointing: bool = option(True, "recompute each U-Net call and the VAE decoder in the backward pass")
+    anchor_coef: float = option(
+        0.0,
+        "λ of an anchor that keeps prompts written in `anchor_style` where the frozen encoder puts them: "
+        "λ · ‖E(p) − E₀(p)‖² / ‖E₀(p)‖² of the batch's prompts in that style and of the negative prompt, so that "
+        "tuning plain prompts does not move prompts that are already written well",
+        bounds=">= 0",
+    )
+    anchor_negative: bool = option(
+        True, "the anchor also holds the negative prompt (when guidance encodes it through the LoRA)"
+    )
+    anchor_style: str = option(
+        "engineered", "the prompt style (prompts/styles.py: a name or a {prompt} template) the anchor holds"
+    )
 
 
 class RewardBackprop:
@@ -56,6 +70,8 @@ class RewardBackprop:
             backprop.num_grad_steps <= num_steps,
             f"backprop.num_grad_steps must be in [1, sample.num_steps={num_steps}], got {backprop.num_grad_steps}",
         )
+        if backprop.anchor_coef:
+            get_style(backprop.anchor_style)  # a one-line error for an unknown style
         differentiable = differentiable_rewards()
         fixed = [name for name, weight in parse_reward_spec(config.reward) if name not in differentiable and weight]
         check(
@@ -85,6 +101,8 @@ class RewardBackprop:
             batch = prompts[j * micro : (j + 1) * micro]
             # SAMPLE (graph of the last K steps) → REWARD → BACKWARD, accumulated over micro-batches
             reward, pictures = self.train_micro_batch(batch, batch_generator(c.seed, epoch, j), truncations[j], epoch)
+            if self.backprop.anchor_coef:
+                history["anchor_distance"].append(self.anchor(batch))
             rewards.append(reward)
             images.append(pictures[: max(0, GRID_SIZE - sum(len(i) for i in images))])
             if (index + 1) % c.train.gradient_accumulation_steps == 0:
@@ -141,6 +159,26 @@ class RewardBackprop:
         (-reward.total[finite.to(reward.total.device)].sum() * scale).backward()
         total = reward.total.detach().float().cpu()
         return RewardOutput(total=total, components=reward.components), images.detach().cpu()
+
+    def anchor(self, prompts: list[str]) -> float:
+        """Accumulate the gradient of the anchor term; returns its distance: the relative squared distance
+        ‖E(p) − E₀(p)‖² / ‖E₀(p)‖² to the frozen encoder's conditioning of these prompts in `anchor_style`, plus
+        that of the negative prompt when it goes through the LoRA (through guidance it moves every image)."""
+        t, b = self.trainer, self.backprop
+        batches = [t.policy.tokenize(styled(prompts, get_style(b.anchor_style)))]
+        if b.anchor_negative and t.policy.uses_guidance and t.config.train.use_lora_for_negative:
+            batches.append(t.policy.negative_ids)
+        distance = torch.zeros(())
+        for ids in batches:
+            with torch.no_grad(), t.policy.frozen():
+                reference = t.policy.encode(ids).tensors()
+            tuned = t.policy.encode(ids).tensors()
+            for e, r in zip(tuned, reference, strict=True):
+                distance = distance + (e - r).float().pow(2).mean().cpu() / r.float().pow(2).mean().cpu().clamp_min(
+                    1e-12
+                )
+        (b.anchor_coef * distance / t.config.train.gradient_accumulation_steps).backward()
+        return float(distance.detach())
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -18,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "other defaults are the ones that fit that base.",
         epilog="examples:\n"
         "  texforce eval runs/A                              # base vs the run's adapters → runs/A/eval\n"
+        "  texforce eval runs/A --style plain --style engineered -o styles   # also with quality tags\n"
         "  texforce eval --config base --config text=runs/A/lora -o compare\n"
         "  texforce eval --model CompVis/stable-diffusion-v1-4 --prompts animals --split heldout --seeds 8 \\\n"
         "      --config base --config text=runs/sd14/lora --config unet=refl_lora \\\n"
@@ -40,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--split", default="heldout", choices=["train", "heldout"], help="which part of a built-in set"
     )
     parser.add_argument("--num-prompts", type=int, default=0, help="use only the first N prompts (0 = all)")
+    parser.add_argument(
+        "--style",
+        action="append",
+        metavar="STYLE",
+        help="also write each prompt in this style (repeatable): plain, engineered, tags_suffix, one_tag, careful, "
+        "paraphrase, or a template such as '{prompt}, highly detailed'; judged on the plain prompt (default: plain)",
+    )
     parser.add_argument("--seeds", type=int, default=4, help="number of fixed seeds: seed, seed+1, …")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reward", action="append", metavar="SPEC", help="a reward (repeatable; default: the base's)")
@@ -60,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from texforce.bases.loading import resolve_device
-    from texforce.observe.evaluation import parse_setup, run_eval
+    from texforce.observe.evaluation import paired_changes, parse_setup, read_rows, run_eval
     from texforce.prompts import load_prompt_set
     from texforce.rewards import parse_reward_spec
     from texforce.run.defaults import BaseDefaults, batch_size_for, choose_base, defaults_for, judge
@@ -114,11 +122,19 @@ def run(args: argparse.Namespace) -> int:
     }
     given = {"--steps": args.steps, "--guidance-scale": args.guidance_scale, "--batch-size": args.batch_size}
     seeds = list(range(args.seed, args.seed + args.seeds))
-    summaries = run_eval(base, setups, prompts, seeds, rewards, output, options)
+    styles = args.style or ["plain"]
+    if len(set(styles)) != len(styles):
+        raise TexforceError("the same --style is given twice")
+    summaries = run_eval(base, setups, prompts, seeds, rewards, output, options, styles)
     line = resolved.describe(options["steps"], options["guidance_scale"], options["batch_size"], given)
     print(f"texforce eval: {line}", file=sys.stderr)  # after run_eval's checks, whose errors are one line
     width = max(len(s.setup) for s in summaries)
     for s in summaries:
-        print(f"{s.setup:<{width}}  {s.reward}  {s.mean:.4f}  95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}]  n={s.n}")
+        style = "" if styles == ["plain"] else f"{s.style}  "
+        print(
+            f"{s.setup:<{width}}  {style}{s.reward}  {s.mean:.4f}  95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}]  n={s.n}"
+        )
+    for c in paired_changes(read_rows(output)):
+        print(f"{c.setup} − base  {c.style}  {c.reward}  {c.mean:+.4f} ± {c.ci:.4f} (paired, {c.n_prompts} prompts)")
     print(output)
     return 0

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from texforce.errors import TexforceError
 
-NAMES = ("default", "methods", "versus", "efficiency", "fusion", "curves", "hacking")
+NAMES = ("default", "methods", "versus", "styles", "efficiency", "fusion", "curves", "hacking")
 
 EPILOG = """experiments:
   default   the README's main job (`texforce train`) per training seed: time, memory, held-out and `single` gains
   methods   base · text LoRA · U-Net LoRA · both stacked · joint, on held-out prompts (+ semantics on `single`)
   versus    base · prompt-engineered · TexForce-DDPO · TexForce-backprop · U-Net LoRA · stacked, one table
+  styles    the default run and world_ddpo judged in every prompt style (plain, engineered, paraphrase, …) + ablations
   efficiency  held-out world_score against samples seen, DDPO vs direct backprop: samples each needs for +0.10
   fusion    a counting and a relations text adapter fused by weighted sum, judged on each task
   curves    reward per epoch, text vs U-Net LoRA, on world_alignment and on jpeg_compressibility

@@ -155,6 +155,11 @@ class EvalConfig:
     num_seeds: int = option(2, "seeds per prompt", bounds=">= 1")
     seed: int = option(1234, "the first seed (then seed + 1, …)")
     reward: str | None = option(None, "the judge, a reward spec like `reward`; unset: the training reward")
+    styles: list[str] = option(
+        help="prompt styles the held-out prompts are also judged in (prompts/styles.py: `engineered`, `paraphrase`, "
+        "…, or a template with {prompt}); each image is judged against the plain prompt",
+        factory=lambda: ["plain"],
+    )
 
 
 @dataclass

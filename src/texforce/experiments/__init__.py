@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from texforce.experiments import claims, efficiency, main_job, versus
+from texforce.experiments import claims, efficiency, main_job, styles, versus
 from texforce.experiments.harness import BUDGETS, Budget, Settings, fresh_folder
 from texforce.experiments.page import write_results
 
@@ -45,6 +45,13 @@ EXPERIMENTS = {
         "(TextCraftor's comparison on SD) Tuning the text encoder learns what prompt engineering does, without the "
         "user writing the tags: base · prompt-engineered · TexForce (DDPO, backprop) · U-Net LoRA · stacked.",
         versus.versus,
+    ),
+    "styles": Experiment(
+        "Prompt styles: one adapter for every prompt a user writes",
+        "(The paper's premise) a tuned text encoder removes the need for careful prompt adjustment: it raises plain "
+        "prompts toward what prompt engineering reaches, and does not punish a prompt that already carries quality "
+        'tags (the paper\'s own examples are engineered prompts: "Impressionist painting of a cat, high quality").',
+        styles.styles,
     ),
     "efficiency": Experiment(
         "Sample efficiency: DDPO against direct backprop",

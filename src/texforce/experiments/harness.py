@@ -185,9 +185,11 @@ def evaluate(
     config_name: str = "world_text",
     seeds: Sequence[int] | None = None,
     num_prompts: int | None = None,
+    styles: Sequence[str] = ("plain",),
 ) -> dict[tuple[str, str], Summary]:
-    """Render `setups` on `prompts` (the first `num_prompts`, default the budget's) × the evaluation seeds (default:
-    the budget's) with the sampler of `config_name` into OUTPUT/`name`; summaries by (setup, reward)."""
+    """Render `setups` on `prompts` (the first `num_prompts`, default the budget's) in each prompt style × the
+    evaluation seeds (default: the budget's) with the sampler of `config_name` into OUTPUT/`name`; the plain
+    style's summaries by (setup, reward) (every style's rows: `observe.evaluation.read_rows`)."""
     from texforce.bases.loading import resolve_device
     from texforce.run.defaults import batch_size_for
 
@@ -203,8 +205,8 @@ def evaluate(
     prompts = list(prompts)[: num_prompts or settings.budget.num_eval_prompts]
     seeds = list(seeds or settings.eval_seeds)
     settings.evaluated.append(len(setups))
-    summaries = run_eval(config.model.base, setups, prompts, seeds, rewards, settings.output / name, options)
-    return {(s.setup, s.reward): s for s in summaries}
+    summaries = run_eval(config.model.base, setups, prompts, seeds, rewards, settings.output / name, options, styles)
+    return {(s.setup, s.reward): s for s in summaries if s.style == "plain"}
 
 
 def headline_set(settings: Settings) -> tuple[list[str], list[str], list[int]]:

@@ -16,6 +16,7 @@ from texforce.errors import TexforceError
 from texforce.experiments.harness import Settings, evaluate, headline_set, lora, phase
 from texforce.experiments.page import prompt_list, table
 from texforce.observe.evaluation import AdapterSetup
+from texforce.run.train import LOCK_FILE
 from texforce.stats import estimate, verdict
 
 JUDGES = ("world_score", "world_alignment", "world_quality")
@@ -33,6 +34,7 @@ def timed_train(settings: Settings, config: str, seed: int) -> tuple[Path, dict[
     name = f"{config}_s{seed}"
     run_dir = settings.runs_dir / name
     timing_path = run_dir / "timing.json"
+    wait_for_other_trainer(run_dir)
     if (run_dir / "lora").is_dir() and timing_path.is_file():
         return run_dir, json.loads(timing_path.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run: its time would not be one run's
@@ -49,6 +51,22 @@ def timed_train(settings: Settings, config: str, seed: int) -> tuple[Path, dict[
     timing = {"wall_seconds": round(seconds, 1), "peak_memory_mb": round(usage.ru_maxrss / 1024, 1)}
     timing_path.write_text(json.dumps(timing, indent=2))
     return run_dir, timing
+
+
+def wait_for_other_trainer(run_dir: Path, grace_seconds: float = 60.0) -> None:
+    """Wait while another process trains in `run_dir` (a scheduler running the arm ahead, as its own timed process),
+    then up to `grace_seconds` for its timing.json: its finished run is reused, not deleted and trained again."""
+    import fcntl
+
+    lock = run_dir / LOCK_FILE
+    if not lock.is_file():
+        return
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks until the other trainer ends; a dead one's lock is free
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    deadline = time.time() + grace_seconds
+    while (run_dir / "lora").is_dir() and not (run_dir / "timing.json").is_file() and time.time() < deadline:
+        time.sleep(1)
 
 
 def family_means(settings: Settings, folder: Path, families: dict[str, str]) -> dict[tuple[str, str, str], float]:

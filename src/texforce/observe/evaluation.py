@@ -1,12 +1,16 @@
 """Compare adapter configurations on fixed seeds: base vs text LoRA vs U-Net LoRA vs both stacked vs fused.
 
 Every configuration renders the same prompts from the same seeds (same initial noise), so differences
-come from the adapters alone. Outputs, in one folder written atomically:
-    results.csv   configuration, prompt, seed, reward name, score — one row per image and reward
-    summary.csv   configuration, reward, n, mean, std, 95% CI (mean ± t·std/√n, Student t)
+come from the adapters alone. Each prompt can also be written in prompt styles (prompts/styles.py: quality tags,
+paraphrases, …): the model sees the styled text, the judges the plain prompt. Outputs, in one folder written
+atomically:
+    results.csv   configuration, style, prompt, seed, reward name, score — one row per image and reward
+    summary.csv   configuration, style, reward, n, mean, std, 95% CI (mean ± t·std/√n, Student t)
     summary.json  the same, for scripts
-    grid.png      one row per configuration, one column per prompt (first seed), each captioned with the
-                  configuration, the scores (one per reward, in order) and the prompt
+    changes.json  each configuration's paired change against `base` per style and reward (same prompt, same
+                  seed; mean and 95% interval over prompts of each prompt's mean change)
+    grid.png      one row per configuration and style, one column per prompt (first seed), each captioned with
+                  the configuration, the scores (one per reward, in order) and the text the model saw
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import csv
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from texforce.errors import TexforceError
+from texforce.prompts.styles import get_style, styled
 from texforce.stats import estimate, std
 
 if TYPE_CHECKING:
@@ -61,17 +66,65 @@ class Summary:
     std: float
     ci_low: float
     ci_high: float
+    style: str = "plain"
 
 
-def summarise(rows: Sequence[dict], setups: Sequence[str], rewards: Sequence[str]) -> list[Summary]:
-    """Mean, sample std and 95% interval of each (configuration, reward) over its images."""
+def summarise(
+    rows: Sequence[dict], setups: Sequence[str], rewards: Sequence[str], styles: Sequence[str] = ("plain",)
+) -> list[Summary]:
+    """Mean, sample std and 95% interval of each (configuration, style, reward) over its images."""
     summaries = []
     for setup in setups:
-        for reward in rewards:
-            scores = [r["score"] for r in rows if r["config"] == setup and r["reward"] == reward]
-            e = estimate(scores)
-            summaries.append(Summary(setup, reward, e.n, e.mean, std(scores), e.low, e.high))
+        for style in styles:
+            for reward in rewards:
+                scores = [
+                    r["score"]
+                    for r in rows
+                    if (r["config"], r.get("style", "plain"), r["reward"]) == (setup, style, reward)
+                ]
+                e = estimate(scores)
+                summaries.append(Summary(setup, reward, e.n, e.mean, std(scores), e.low, e.high, style))
     return summaries
+
+
+@dataclass(frozen=True)
+class Change:
+    """A configuration's paired change against base in one style and reward: per prompt, the mean over seeds of
+    (configuration − base) on the same noise; `mean` ± `ci` (95%, t over prompts)."""
+
+    setup: str
+    style: str
+    reward: str
+    n_prompts: int
+    mean: float
+    ci: float
+
+
+def read_rows(folder: Path) -> list[dict]:
+    """The rows of an evaluation's results.csv, scores as floats (an older file without styles: all plain)."""
+    with open(folder / "results.csv", newline="") as handle:
+        return [
+            {**row, "style": row.get("style") or "plain", "seed": int(row["seed"]), "score": float(row["score"])}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def paired_changes(rows: Sequence[dict], baseline: str = "base") -> list[Change]:
+    """Every other configuration's `Change` against `baseline`, per style and reward (empty without a baseline)."""
+    scores: dict[tuple, dict[tuple[str, int], float]] = {}
+    for r in rows:
+        scores.setdefault((r["config"], r["style"], r["reward"]), {})[(r["prompt"], r["seed"])] = r["score"]
+    changes = []
+    for (setup, style, reward), mine in scores.items():
+        base = scores.get((baseline, style, reward))
+        if setup == baseline or base is None:
+            continue
+        per_prompt: dict[str, list[float]] = {}
+        for (prompt, seed), score in mine.items():
+            per_prompt.setdefault(prompt, []).append(score - base[(prompt, seed)])
+        e = estimate([sum(v) / len(v) for v in per_prompt.values()])
+        changes.append(Change(setup, style, reward, e.n, e.mean, e.ci))
+    return changes
 
 
 def load_setup(pipe: DiffusionPipeline, setup: AdapterSetup, base: str, adapter_name: str = "default") -> None:
@@ -97,9 +150,11 @@ def check_adapters(base: str, setups: Sequence[AdapterSetup]) -> None:
             load_setup(pipe, setup, base, f"check{index}")
 
 
-def render(setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequence[int], args: dict) -> torch.Tensor:
+def render(
+    setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequence[int], args: dict, style: str = "plain"
+) -> torch.Tensor:
     """Images (len(seeds) * len(prompts), 3, H, W) in [0, 1], seed-major, from a fresh pipeline + adapters, at most
-    `args["batch_size"]` per pipeline call (None: all at once)."""
+    `args["batch_size"]` per pipeline call (None: all at once); each prompt written in `style`."""
     from texforce.bases.loading import prepare_pipeline
     from texforce.bases.rendering import render_images
     from texforce.config import ModelConfig
@@ -109,9 +164,10 @@ def render(setup: AdapterSetup, base: str, prompts: Sequence[str], seeds: Sequen
     load_setup(pipe, setup, base)
     pipe.to(device)
     # the same noise for every prompt of a seed and every configuration; SD3's and FLUX's T5 length as the run's
+    texts = styled(prompts, get_style(style))
     return render_images(
         pipe,
-        list(prompts) * len(seeds),
+        texts * len(seeds),
         [seed for seed in seeds for _ in prompts],
         args.get("batch_size"),
         args["steps"],
@@ -128,8 +184,10 @@ def run_eval(
     reward_specs: Sequence[str],
     output: Path,
     args: dict,
+    styles: Sequence[str] = ("plain",),
 ) -> list[Summary]:
-    """Render and score every configuration; write results/summary/grid into `output` (atomically).
+    """Render and score every configuration in every prompt style; write results/summary/grid into `output`
+    (atomically).
 
     Everything that can fail cheaply is checked before the first image renders: the output, every prompt against
     every reward, every adapter against `base`, and the rewards' weights."""
@@ -145,32 +203,43 @@ def run_eval(
     check_adapters(base, setups)
     scorers = {spec: build_reward(spec, args["device"]) for spec in reward_specs}
     rows, first_seed, captions = [], [], []
+    for style in styles:
+        get_style(style)  # an unknown style fails before anything renders
     for setup in setups:
-        images = render(setup, base, prompts, seeds, args)
-        first_scores = []
-        for spec, scorer in scorers.items():
-            scores = scorer(images, list(prompts) * len(seeds)).total.tolist()
-            first_scores.append(scores[: len(prompts)])
-            for index, score in enumerate(scores):
-                seed, prompt = seeds[index // len(prompts)], prompts[index % len(prompts)]
-                rows.append({"config": setup.label, "prompt": prompt, "seed": seed, "reward": spec, "score": score})
-        first_seed.append(images[: len(prompts)])
-        captions += [caption(p, list(s), setup.label) for p, *s in zip(prompts, *first_scores, strict=True)]
-    summaries = summarise(rows, [s.label for s in setups], list(reward_specs))
+        for style in styles:
+            images = render(setup, base, prompts, seeds, args, style)
+            first_scores = []
+            for spec, scorer in scorers.items():
+                scores = scorer(images, list(prompts) * len(seeds)).total.tolist()  # judged on the plain prompt
+                first_scores.append(scores[: len(prompts)])
+                for index, score in enumerate(scores):
+                    seed, prompt = seeds[index // len(prompts)], prompts[index % len(prompts)]
+                    rows.append(
+                        {"config": setup.label, "style": style, "prompt": prompt, "seed": seed}
+                        | {"reward": spec, "score": score}
+                    )
+            first_seed.append(images[: len(prompts)])
+            label = setup.label if style == "plain" else f"{setup.label} · {style}"
+            texts = styled(prompts, get_style(style))
+            captions += [caption(p, list(s), label) for p, *s in zip(texts, *first_scores, strict=True)]
+    summaries = summarise(rows, [s.label for s in setups], list(reward_specs), list(styles))
+    changes = paired_changes(rows)
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         with open(tmp / "results.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["config", "prompt", "seed", "reward", "score"])
+            writer = csv.DictWriter(handle, fieldnames=["config", "style", "prompt", "seed", "reward", "score"])
             writer.writeheader()
             writer.writerows(rows)
         with open(tmp / "summary.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["config", "reward", "n", "mean", "std", "ci95_low", "ci95_high"])
+            writer.writerow(["config", "style", "reward", "n", "mean", "std", "ci95_low", "ci95_high"])
             for s in summaries:
-                writer.writerow([s.setup, s.reward, s.n, *(f"{v:.6g}" for v in (s.mean, s.std, s.ci_low, s.ci_high))])
-        (tmp / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
+                values = (f"{v:.6g}" for v in (s.mean, s.std, s.ci_low, s.ci_high))
+                writer.writerow([s.setup, s.style, s.reward, s.n, *values])
+        (tmp / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))
+        (tmp / "changes.json").write_text(json.dumps([asdict(c) for c in changes], indent=2))
         save_png(make_grid(torch.cat(first_seed), columns=len(prompts), captions=captions), tmp / "grid.png")
         tmp.rename(output)
     except OSError as error:

@@ -20,6 +20,7 @@ from texforce.config import SharedConfig, to_dict
 from texforce.config.schema import build, check, check_values, config_keys
 from texforce.errors import TexforceError
 from texforce.prompts import check_prompt_source, load_prompt_set
+from texforce.prompts.styles import get_style
 from texforce.rewards import check_prompts, parse_reward_spec
 
 
@@ -115,6 +116,14 @@ def validate(config: RunConfig) -> None:
     check_values(config, config_keys(RunConfig), REGISTRY_CHOICES)
     s, t = config.sample, config.train
     check(config.text_lora.use or config.unet_lora.use, "nothing to train: set text_lora.use or unet_lora.use")
+    styles = config.eval.styles
+    check(bool(styles) and styles[0] == "plain", f"eval.styles must start with plain, got {styles}")
+    check(len(set(styles)) == len(styles), f"eval.styles lists a style twice: {styles}")
+    for style in styles:
+        try:
+            get_style(style)
+        except TexforceError as error:
+            raise TexforceError(f"eval.styles: {error}") from None
     for name in ("text_lora", "unet_lora", "text_lora_2"):
         modules = getattr(config, name).target_modules
         check(modules is None or bool(modules), f"{name}.target_modules must not be empty")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -33,6 +34,7 @@ from texforce.errors import TexforceError
 from texforce.files import write_folder_atomically, write_text_atomic
 from texforce.images import caption, make_grid, save_png
 from texforce.observe.runlog import RunLogger, check_writable
+from texforce.prompts.styles import get_style, styled
 from texforce.run.run_config import RunConfig, load_config, save_config
 from texforce.run.trainer import Trainer
 from texforce.stats import estimate, verdict
@@ -230,14 +232,18 @@ def evaluate(trainer: Trainer, when: str) -> dict[str, Any]:
     of each. Returns per split the scores (seeds × prompts)."""
     e, prompts = trainer.config.eval, trainer.prompts
     seeds = [e.seed + k for k in range(e.num_seeds)]
+    heldout = list(prompts.eval[: e.num_prompts])
+    splits = [("train", list(prompts.train[: e.num_prompts]), None), ("heldout", heldout, None)]
+    splits += [(f"heldout@{s}", heldout, styled(heldout, get_style(s))) for s in e.styles if s != "plain"]
     result = {}
-    for name, chosen in (("train", prompts.train[: e.num_prompts]), ("heldout", prompts.eval[: e.num_prompts])):
+    for name, chosen, texts in splits:
         if not chosen:
             continue
-        scores, images = trainer.evaluate(chosen, seeds)
+        scores, images = trainer.evaluate(chosen, seeds, texts)
         result[name] = [[round(v, 5) for v in row] for row in scores.tolist()]
-        grid = make_grid(images, captions=[caption(p, [s]) for p, s in zip(chosen, scores[0].tolist(), strict=True)])
-        save_png(grid, trainer.log.run_dir / "samples" / f"eval_{when}_{name}.png")
+        shown = texts or chosen
+        grid = make_grid(images, captions=[caption(p, [s]) for p, s in zip(shown, scores[0].tolist(), strict=True)])
+        save_png(grid, trainer.log.run_dir / "samples" / f"eval_{when}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.png")
     return result
 
 
@@ -282,8 +288,10 @@ def summarise(console: Console, results: dict[str, Any], reward: str, run_dir: P
     for name, change in results.get("change", {}).items():
         before, after = results["before"][name], results["after"][name]
         seeds = len(results["sampler"]["seeds"])
+        split, _, style = name.partition("@")
+        label = SPLIT_NAMES[split] + (f" written {style}" if style else "")
         console.print(
-            f"{SPLIT_NAMES[name]} ({change['n'] // seeds} × {seeds} seeds): {reward} {before:.4f} → {after:.4f}, "
+            f"{label} ({change['n'] // seeds} × {seeds} seeds): {reward} {before:.4f} → {after:.4f}, "
             f"change {change['mean']:+.4f} ± {change['ci95']:.4f} (95% interval): "
             f"{VERDICT_SENTENCES[change['verdict']]}",
             highlight=False,

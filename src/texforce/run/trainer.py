@@ -158,14 +158,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, prompts: Sequence[str], seeds: Sequence[int], texts: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Judged rewards (S, P) of every prompt × seed (`eval.reward`, default the training reward), rendered with
         deterministic DDIM from the seed's noise (the same noise for every prompt, as `texforce eval`), and the
-        images (P, 3, H, W) of the first seed."""
+        images (P, 3, H, W) of the first seed. `texts`: what the model is given instead (a prompt style); the judge
+        still reads `prompts`."""
         rows, first = [], None
         for seed in seeds:
             noise = self.policy.initial_noise(1, torch.Generator().manual_seed(seed)).expand(len(prompts), -1, -1, -1)
-            images = self.policy.generate(prompts, noise)
+            images = self.policy.generate(list(texts or prompts), noise)
             rows.append(self.judge(images, list(prompts)).total)
             first = images if first is None else first
         return torch.stack(rows), first

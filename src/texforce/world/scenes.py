@@ -51,6 +51,11 @@ PREFIXES = (
     "a sketch of ",
 )
 SUFFIXES = ("", " on a plain background", " on a white background")
+# Held-out wrappers: part of the language the judges parse, never written by `make_caption`, so no pre-training
+# caption and no training prompt uses them. The `paraphrase` prompt style (prompts/styles.py) tests phrasings the
+# adapter never saw with them.
+PARAPHRASE_PREFIXES = ("an illustration of ", "a scene showing ", "a diagram with ")
+PARAPHRASE_SUFFIXES = (" and nothing else", " drawn simply")
 CAREFUL_WORD = "exactly"  # the careful source's mark: "exactly 2 red circles", "exactly one …"; always true
 # Quality tags (see `texforce.world.degrade`): a comma-separated list before or after the scene; the parser skips them.
 QUALITY_TAGS = ("clean", "dull", "noisy", "sharp", "faded", "blurry", "minimal", "cluttered")
@@ -202,8 +207,11 @@ def _lookup(table: dict, word: str | None):
     return None if word is None else next(k for k, options in table.items() if word in options)
 
 
-_PREFIX_RE = re.compile(r"^(?:a|an) (?:photo|drawing|image|picture|render|sketch) of ")
-_SUFFIX_RE = re.compile(r" on a (?:plain|white) background$")
+_PREFIX_RE = re.compile(
+    r"^(?:(?:a|an) (?:photo|drawing|image|picture|render|sketch) of |an illustration of |a scene showing "
+    r"|a diagram with )"
+)
+_SUFFIX_RE = re.compile(r" (?:on a (?:plain|white) background|and nothing else|drawn simply)$")
 _TAGS = "|".join(sorted(QUALITY_TAGS, key=len, reverse=True))
 _LEADING_TAGS_RE = re.compile(rf"^(?:(?:{_TAGS}) )+")
 _TRAILING_TAGS_RE = re.compile(rf"(?: (?:{_TAGS}))+$")
