@@ -77,7 +77,7 @@ def test_ddpo_trains_only_the_window(tiny_model_dir, tmp_path):
     seen = []
     original = algorithm.train_micro_batch
     algorithm.train_micro_batch = lambda tr, adv, rows, steps: seen.append(steps) or original(tr, adv, rows, steps)
-    algorithm.update(trajectory, torch.tensor([1.0, -1.0]), torch.Generator().manual_seed(0))
+    algorithm.update(trajectory, torch.tensor([1.0, -1.0]), algorithm.shuffles(2, torch.Generator().manual_seed(0)))
     assert seen and all(sorted(s.tolist()) == [1, 2] for steps in seen for s in steps)
 
 

@@ -77,7 +77,8 @@ def test_nonfinite_gradient_never_reaches_the_weights(tiny_model_dir, tmp_path):
     trajectory, advantages, _, _ = first_batch(trainer)
     before = [p.detach().clone() for p in trainer.trainable]
     advantages[:] = float("nan")  # a NaN loss: every gradient is NaN
-    update = trainer.algorithm.update(trajectory, advantages, torch.Generator().manual_seed(0))
+    shuffles = trainer.algorithm.shuffles(len(advantages), torch.Generator().manual_seed(0))
+    update = trainer.algorithm.update(trajectory, advantages, shuffles)
     assert update["skipped_steps"] == trainer.algorithm.steps_per_epoch == 2
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.trainable, strict=True))
     assert not trainer.optimizer.state  # AdamW never stepped: no NaN in its moments either

@@ -1,7 +1,8 @@
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 
-from texforce.bases.loading import add_lora, load_pipeline, prepare_pipeline
+from texforce.bases.loading import add_lora, load_pipeline, prepare_pipeline, text_encoders
 from texforce.bases.sd import BUILT_IN, build_sd_pipeline, build_sdxl_pipeline, build_tiny_pipeline
 from texforce.config import LoraConfig, ModelConfig
 from texforce.errors import TexforceError
@@ -23,6 +24,28 @@ def test_local_folder_loads_frozen_in_fp32_on_cpu(tiny_model_dir):
     pipe = prepare_pipeline(ModelConfig(base=str(tiny_model_dir), dtype="bf16"), torch.device("cpu"))
     assert pipe.unet.dtype == torch.float32 and type(pipe.scheduler).__name__ == "DDIMScheduler"
     assert not any(p.requires_grad for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
+
+
+def test_pipeline_loads_straight_into_its_dtype_or_on_meta(tiny_model_dir, monkeypatch):
+    """bf16 weights (a GPU's frozen dtype) are read from the files into bf16, not into an fp32 copy cast afterwards
+    (the same values); the meta pipeline, which checks and fuses adapters, holds no weights at all."""
+    asked = []
+    loader = StableDiffusionPipeline.from_pretrained.__func__
+    monkeypatch.setattr(
+        StableDiffusionPipeline,
+        "from_pretrained",
+        classmethod(lambda cls, *args, **kwargs: asked.append(kwargs["dtype"]) or loader(cls, *args, **kwargs)),
+    )
+    half, full = load_pipeline(str(tiny_model_dir), dtype=torch.bfloat16), load_pipeline(str(tiny_model_dir))
+    assert asked == [torch.bfloat16, torch.float32]
+    for name in ("unet", "vae", "text_encoder"):
+        pairs = zip(getattr(half, name).parameters(), getattr(full, name).parameters(), strict=True)
+        assert all(a.dtype == torch.bfloat16 and torch.equal(a, b.to(torch.bfloat16)) for a, b in pairs)
+    for base in (str(tiny_model_dir), "texforce/tiny-sdxl-random"):
+        meta = load_pipeline(base, meta=True)
+        models = [meta.unet, meta.vae, *text_encoders(meta).values()]
+        assert all(p.device.type == "meta" for m in models for p in m.parameters())
+        assert type(meta.scheduler).__name__ == "DDIMScheduler" and meta.tokenizer("a cat").input_ids[0] == 49406
 
 
 def test_lora_is_fp32_seeded_and_on_every_attention_projection():

@@ -302,12 +302,16 @@ def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Seque
     """`texforce fuse`: load text-encoder adapters of `base` (of each text encoder they cover), fuse them, save the
     result in both formats.
 
+    Fusing reads only the adapters, never the frozen weights: the pipeline is built on the meta device, and its
+    text encoders get storage that is never filled (`to_empty`), so that the adapters load in fp32 as on a real
+    model while the untouched weights take no memory.
     Written to a temporary folder first, so `output` is either complete or absent.
     """
-    from texforce.bases.loading import prepare_pipeline
-    from texforce.config import ModelConfig
+    from texforce.bases.loading import load_pipeline
 
-    pipe = prepare_pipeline(ModelConfig(base=base, device="cpu"), torch.device("cpu"))
+    pipe = load_pipeline(base, meta=True)
+    for encoder in text_encoders(pipe).values():
+        encoder.to_empty(device="cpu")
     names = [f"adapter{i}" for i in range(len(adapters))]
     covered = [load_text_adapters(pipe, adapter, name, base) for name, adapter in zip(names, adapters, strict=True)]
     if any(components != covered[0] for components in covered):

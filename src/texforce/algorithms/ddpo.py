@@ -141,17 +141,19 @@ class DDPO:
         trajectory = self.sample(t.process_share(self.epoch_prompts(generator)), t.batch_generators(epoch))
         sampled = time.perf_counter()
         kill_point("sample", epoch + 1)
-        # REWARDS, gathered with the chains from every process; a NaN/inf score drops its sample
+        # REWARDS, gathered from every process with the chains' (sample, step) pairs each process will train on
+        # (the update's shuffles are drawn first to know them); a NaN/inf score drops its sample
         reward = gather_reward(t.dist, t.score(trajectory.images, trajectory.prompts))
         local_images = trajectory.images
-        trajectory = gather_trajectory(t.dist, trajectory)
+        shuffles = self.shuffles(len(reward.total), generator)
+        trajectory = gather_trajectory(t.dist, trajectory, self.wanted(shuffles, trajectory.latents.shape[1]))
         finite = t.finite_rewards(reward.total, epoch + 1)
         rewarded = time.perf_counter()
         kill_point("reward", epoch + 1)
         # ADVANTAGES: dropped samples get 0, so they add nothing to the update
         advantages = self.advantages(trajectory.prompts, reward.total.numpy(), finite)
         # TRAINING: PPO on the recorded chains
-        update = self.update(trajectory, advantages, generator)
+        update = self.update(trajectory, advantages, shuffles)
         trained = time.perf_counter()
         return EpochStats(
             rewards=reward.total.numpy(),
@@ -190,22 +192,41 @@ class DDPO:
             values[finite] = batch_advantages(kept)
         return torch.as_tensor(values, dtype=torch.float32)
 
-    def update(self, trajectory: Trajectory, advantages: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
-        """PPO over the epoch's (global) samples: shuffled micro-batches, each on its own random subset of
-        timesteps. With several processes, each optimizer step's micro-batches are split between them."""
+    def shuffles(self, num_samples: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each inner epoch's sample order (N,) and step_order (N, K): each sample trains on its own random K of
+        the window's steps. The same on every process (the epoch's generator)."""
+        window, drawn = torch.tensor(self.window), []
+        for _ in range(self.ddpo.num_inner_epochs):
+            order = torch.randperm(num_samples, generator=generator)
+            draws = [torch.randperm(len(window), generator=generator) for _ in range(num_samples)]
+            drawn.append((order, window[torch.stack(draws)[:, : self.num_train_timesteps]]))
+        return drawn
+
+    def wanted(self, shuffles: list[tuple[torch.Tensor, torch.Tensor]], num_latents: int) -> torch.Tensor:
+        """Which latents (processes, N, T+1) each process's micro-batches read: a trained step and the one after."""
+        t, micro = self.trainer, self.trainer.config.train.batch_size_per_device
+        num_samples = len(shuffles[0][0])
+        wanted = torch.zeros((t.dist.num_processes, num_samples, num_latents), dtype=torch.bool)
+        for process in range(t.dist.num_processes):
+            for order, step_order in shuffles:
+                for j in t.my_micro_batches(num_samples // micro, process):
+                    rows = order[j * micro : (j + 1) * micro, None]
+                    wanted[process, rows, step_order[rows[:, 0]]] = True
+                    wanted[process, rows, step_order[rows[:, 0]] + 1] = True
+        return wanted
+
+    def update(
+        self, trajectory: Trajectory, advantages: torch.Tensor, shuffles: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, float]:
+        """PPO over the epoch's (global) samples: shuffled micro-batches (`shuffles`), each sample on its own random
+        subset of timesteps. With several processes, each optimizer step's micro-batches are split between them."""
         t, c = self.trainer, self.trainer.config
-        num_samples = len(trajectory.prompts)
-        window = torch.tensor(self.window)
         advantages = advantages.clamp(-self.ddpo.adv_clip_max, self.ddpo.adv_clip_max)
         history: dict[str, list[float]] = defaultdict(list)
         micro = c.train.batch_size_per_device
-        mine = t.my_micro_batches(num_samples // micro)
+        mine = t.my_micro_batches(len(trajectory.prompts) // micro)
         task = t.log.progress("training", self.ddpo.num_inner_epochs * len(mine))
-        for _ in range(self.ddpo.num_inner_epochs):
-            order = torch.randperm(num_samples, generator=generator)
-            # step_order (N, K): each sample trains on its own random K of the window's steps
-            draws = [torch.randperm(len(window), generator=generator) for _ in range(num_samples)]
-            step_order = window[torch.stack(draws)[:, : self.num_train_timesteps]]
+        for order, step_order in shuffles:
             for index, j in enumerate(mine):
                 rows = order[j * micro : (j + 1) * micro]
                 for key, value in self.train_micro_batch(trajectory, advantages, rows, step_order[rows]).items():

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
@@ -58,10 +60,15 @@ def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name] if device.type == "cuda" else torch.float32
 
 
-def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
-    """Load a Stable Diffusion, SDXL, SD3 or FLUX pipeline from a hub id, a local folder or a built-in name, in fp32
-    on the CPU. SD and SDXL get a DDIM scheduler that keeps the model's own timestep spacing (SD-Turbo's and
-    SDXL-Turbo's `trailing`); SD3 and FLUX keep their flow-matching scheduler.
+def load_pipeline(
+    base: str, revision: str | None = None, dtype: torch.dtype = torch.float32, meta: bool = False
+) -> DiffusionPipeline:
+    """Load a Stable Diffusion, SDXL, SD3 or FLUX pipeline from a hub id, a local folder or a built-in name, on the
+    CPU in `dtype` (read from the files straight into it: no fp32 copy first). SD and SDXL get a DDIM scheduler
+    that keeps the model's own timestep spacing (SD-Turbo's and SDXL-Turbo's `trailing`); SD3 and FLUX keep their
+    flow-matching scheduler. `meta`: the models built from their configs on the meta device, no weights read or
+    held (tokenizers and scheduler real; `texforce/world-flow`'s few-MB transformer is read as it is): the
+    architecture, to check or fuse adapters against.
 
     Built-ins: `texforce/world` (the offline world's model), `texforce/tiny-random`, `texforce/tiny-sdxl-random`,
     `texforce/tiny-sd3-random`, `texforce/tiny-flux-random` (a few MB, random), `texforce/sd15-random`,
@@ -69,14 +76,15 @@ def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
     `texforce/sd35-large-random`, `texforce/flux-dev-random`, `texforce/flux-schnell-random` (true architectures,
     random weights).
     """
-    if base in BUILT_IN:
-        return BUILT_IN[base]()
-    if base in FLOW_BUILT_IN:
-        return with_sampling_scheduler(FLOW_BUILT_IN[base]())
+    builder = BUILT_IN.get(base) or FLOW_BUILT_IN.get(base)
+    if builder is not None:
+        with init_empty_weights() if meta else nullcontext():
+            pipe = builder()
+        return with_sampling_scheduler(pipe if meta or dtype == torch.float32 else pipe.to(dtype=dtype))
     if base == WORLD_FLOW:
         from texforce.bases.world import load_world_flow
 
-        return with_sampling_scheduler(load_world_flow())
+        return with_sampling_scheduler(load_world_flow().to(dtype=dtype))
     if base == WORLD:
         from texforce.world import MODEL_DIR
 
@@ -91,7 +99,9 @@ def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
         extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
         if cls is StableDiffusion3Pipeline and index.get("text_encoder_3", [None])[0] is None:
             extra = {"text_encoder_3": None, "tokenizer_3": None}  # saved without T5: diffusers needs them named
-        pipe = cls.from_pretrained(str(folder), dtype=torch.float32, **extra)
+        if meta:
+            extra |= _meta_models(folder, index)
+        pipe = cls.from_pretrained(str(folder), dtype=dtype, **extra)
     except (OSError, ValueError) as error:
         if path.exists():
             raise TexforceError(f"cannot load the pipeline in {base}: {error}".replace("\n", " ")) from None
@@ -104,6 +114,28 @@ def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
             f"or pass a local folder saved with `pipe.save_pretrained(folder)`"
         ) from None
     return with_sampling_scheduler(pipe)
+
+
+def _meta_models(folder: Path, index: dict) -> dict[str, torch.nn.Module]:
+    """The models of a pipeline folder (diffusers' and transformers' classes in `model_index.json`) built from
+    their configs on the meta device, by component name."""
+    import diffusers
+    import transformers
+
+    models = {}
+    for name, spec in index.items():
+        if name.startswith("_") or name in ("safety_checker", "image_encoder") or not isinstance(spec, list):
+            continue
+        library = {"diffusers": diffusers, "transformers": transformers}.get(spec[0])
+        cls = getattr(library, spec[1], None) if library is not None else None
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            continue  # tokenizers, schedulers, image processors: small, loaded as they are
+        with init_empty_weights():
+            if library is diffusers:
+                models[name] = cls.from_config(cls.load_config(folder / name))
+            else:
+                models[name] = cls._from_config(cls.config_class.from_pretrained(folder / name))
+    return models
 
 
 def with_sampling_scheduler(pipe: DiffusionPipeline) -> DiffusionPipeline:
@@ -182,9 +214,10 @@ def is_t5(encoder: torch.nn.Module) -> bool:
 
 
 def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipeline:
-    """Load the base pipeline, freeze every weight, move it to `device` in its frozen dtype, and apply the
+    """Load the base pipeline in its frozen dtype, freeze every weight, move it to `device`, and apply the
     attention kernel, memory format and compilation of `config`."""
-    pipe = load_pipeline(config.base, config.revision)
+    dtype = frozen_dtype(config.dtype, device)
+    pipe = load_pipeline(config.base, config.revision, dtype)
     processor, implementation = ATTENTION[config.attention]
     model = denoiser(pipe)
     # SD3's and FLUX's transformers keep their own (joint) attention processors, which call torch's sdpa
@@ -196,7 +229,6 @@ def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipe
     for module in (model, pipe.vae, *text_encoders(pipe).values()):
         module.requires_grad_(False)
         module.eval()
-    dtype = frozen_dtype(config.dtype, device)
     pipe.to(device=device, dtype=None if dtype == model.dtype else dtype)
     if config.channels_last:
         for module in (model, pipe.vae):

@@ -1,5 +1,5 @@
 """The config sections every run shares, whatever its algorithm: the base model, the LoRA adapters, the sampler,
-the training loop, prompts, evaluation and logging.
+the training loop, prompts, evaluation, logging and several processes.
 
 Defaults, help texts and allowed values live here and only here, in each key's `option(...)` (they follow trl's
 DDPOConfig, which the official TexForce code uses). An algorithm's own sections (`ddpo`, `advantage`, `backprop`)
@@ -172,6 +172,18 @@ class LogConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Several processes (`accelerate launch`, `torchrun`): how long a process waits for the others."""
+
+    timeout_minutes: float = option(
+        120.0,
+        "how long a collective (a gather, the gradient all-reduce, a barrier while the main process writes a "
+        "checkpoint) may wait for the other processes before the run is stopped; torch's NCCL default is 10",
+        bounds="> 0",
+    )
+
+
+@dataclass
 class SharedConfig:
     """The keys and sections every run has; `texforce.run.run_config.RunConfig` adds each algorithm's own."""
 
@@ -192,6 +204,7 @@ class SharedConfig:
     prompts: PromptConfig = option(factory=PromptConfig)
     eval: EvalConfig = option(factory=EvalConfig)
     log: LogConfig = option(factory=LogConfig)
+    distributed: DistributedConfig = option(factory=DistributedConfig)
 
     def text_lora_of(self, encoder: int) -> LoraConfig:
         """The adapter of text encoder `encoder` (0; SDXL's second is 1): `text_lora`, with `text_lora_2`'s overrides

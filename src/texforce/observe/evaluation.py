@@ -138,14 +138,14 @@ def load_setup(pipe: DiffusionPipeline, setup: AdapterSetup, base: str, adapter_
 
 
 def check_adapters(base: str, setups: Sequence[AdapterSetup]) -> None:
-    """Load every configuration's adapters onto one CPU copy of `base` before anything renders: an adapter of
+    """Load every configuration's adapters onto `base`'s architecture on the meta device (no weights read or held:
+    every layer's name and shape, which is what an adapter must fit) before anything renders: an adapter of
     another base fails in seconds, not after the configurations before it have rendered."""
-    from texforce.bases.loading import prepare_pipeline
-    from texforce.config import ModelConfig
+    from texforce.bases.loading import load_pipeline
 
     with_adapters = [setup for setup in setups if setup.text is not None or setup.unet is not None]
     if with_adapters:
-        pipe = prepare_pipeline(ModelConfig(base=base, device="cpu"), torch.device("cpu"))
+        pipe = load_pipeline(base, meta=True)
         for index, setup in enumerate(with_adapters):
             load_setup(pipe, setup, base, f"check{index}")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from rich.console import Console
 
 from texforce.config import to_dict
@@ -39,7 +40,7 @@ from texforce.run.run_config import RunConfig, load_config, save_config
 from texforce.run.trainer import Trainer
 from texforce.stats import estimate, verdict
 from texforce.training.checkpoint import complete_checkpoints, resume_hint
-from texforce.training.distributed import process_state
+from texforce.training.distributed import end_processes, process_state
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -157,8 +158,8 @@ def train_run(
 ) -> Path:
     """`texforce train`: set up, evaluate, train (resumably), evaluate, export. Returns the run folder.
 
-    Under `accelerate launch` every process runs this; only the main one evaluates and writes. Ctrl-C raises a
-    `KeyboardInterrupt` whose message says how to go on (resume, or start again).
+    Under `accelerate launch` every process runs this; each renders its share of the evaluations, only the main
+    one writes. Ctrl-C raises a `KeyboardInterrupt` whose message says how to go on (resume, or start again).
     """
     config, run_dir, checkpoint = prepare_run(config_path, list(overrides), resume)
     return _run(config, run_dir, checkpoint, resume is not None, quiet)
@@ -172,7 +173,7 @@ def train(config: RunConfig, quiet: bool = False) -> Path:
 
 def _run(config: RunConfig, run_dir: Path, checkpoint: Path | None, resume: bool, quiet: bool) -> Path:
     """Set up, then train a new run in `run_dir` or resume it from `checkpoint`, under the run lock."""
-    state = process_state(config.model.device)
+    state = process_state(config.model.device, config.distributed.timeout_minutes)
     logger = RunLogger(run_dir, config.train.num_epochs, config.keep_checkpoints, quiet, state.is_main_process)
     with ExitStack() as stack:
         if resume:  # before loading anything: a run folder in use fails at once
@@ -186,11 +187,15 @@ def _run(config: RunConfig, run_dir: Path, checkpoint: Path | None, resume: bool
             _train(trainer, logger, run_dir, checkpoint)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(logger.resume_hint()) from None
+    end_processes(state)
     return run_dir
 
 
 def _train(trainer: Trainer, logger: RunLogger, run_dir: Path, checkpoint: Path | None) -> None:
-    """Evaluate before (once per run), train from `checkpoint` (None: from the start), evaluate after, export."""
+    """Evaluate before (once per run), train from `checkpoint` (None: from the start), evaluate after, export.
+
+    Every process renders its share of each evaluation; the main process decides whether the run still needs its
+    "before" evaluation (it reads `eval.json`) and writes."""
     config, state = trainer.config, trainer.dist
     logger.start_tracking(config)
     if checkpoint is not None:
@@ -198,18 +203,22 @@ def _train(trainer: Trainer, logger: RunLogger, run_dir: Path, checkpoint: Path 
         logger.console.print(f"resumed from {checkpoint} (epoch {trainer.start_epoch})")
     logger.truncate_metrics(trainer.start_epoch)
     eval_path = run_dir / "eval.json"
-    results = json.loads(eval_path.read_text()) if eval_path.exists() else {}
-    if "scores" not in results and state.is_main_process:
-        results = eval_record(trainer, evaluate(trainer, "before"), None)
-        write_text_atomic(eval_path, json.dumps(results, indent=2))
+    results = json.loads(eval_path.read_text()) if state.is_main_process and eval_path.exists() else {}
+    if broadcast_object_list(["scores" not in results])[0]:
+        before = evaluate(trainer, "before")
+        if state.is_main_process:
+            results = eval_record(trainer, before, None)
+            write_text_atomic(eval_path, json.dumps(results, indent=2))
     state.wait_for_everyone()
     started = time.perf_counter()
     trainer.train()
-    if state.is_main_process:
-        with trainer.final_weights():
-            results = eval_record(trainer, results["scores"]["before"], evaluate(trainer, "after"))
+    with trainer.final_weights():
+        after = evaluate(trainer, "after")
+        if state.is_main_process:
+            results = eval_record(trainer, results["scores"]["before"], after)
             results["train_seconds_this_session"] = round(time.perf_counter() - started, 1)
             export_adapters(trainer, run_dir)
+    if state.is_main_process:
         write_text_atomic(eval_path, json.dumps(results, indent=2))
         logger.tracker.close()
         summarise(logger.console, results, config.eval.reward or config.reward, run_dir)
@@ -227,9 +236,10 @@ def export_adapters(trainer: Trainer, run_dir: Path) -> None:
         ) from None
 
 
-def evaluate(trainer: Trainer, when: str) -> dict[str, Any]:
-    """Rewards of training and held-out prompts × `eval.num_seeds` fixed seeds (deterministic DDIM); saves a grid
-    of each. Returns per split the scores (seeds × prompts)."""
+def evaluate(trainer: Trainer, when: str) -> dict[str, Any] | None:
+    """Rewards of training and held-out prompts × `eval.num_seeds` fixed seeds (deterministic DDIM), each process
+    rendering its share; the main process saves a grid of each and gets per split the scores (seeds × prompts),
+    the others None."""
     e, prompts = trainer.config.eval, trainer.prompts
     seeds = [e.seed + k for k in range(e.num_seeds)]
     heldout = list(prompts.eval[: e.num_prompts])
@@ -239,12 +249,15 @@ def evaluate(trainer: Trainer, when: str) -> dict[str, Any]:
     for name, chosen, texts in splits:
         if not chosen:
             continue
-        scores, images = trainer.evaluate(chosen, seeds, texts)
+        judged = trainer.evaluate(chosen, seeds, texts)
+        if judged is None:
+            continue
+        scores, images = judged
         result[name] = [[round(v, 5) for v in row] for row in scores.tolist()]
         shown = texts or chosen
         grid = make_grid(images, captions=[caption(p, [s]) for p, s in zip(shown, scores[0].tolist(), strict=True)])
         save_png(grid, trainer.log.run_dir / "samples" / f"eval_{when}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.png")
-    return result
+    return result if trainer.dist.is_main_process else None
 
 
 def eval_record(trainer: Trainer, before: dict[str, Any], after: dict[str, Any] | None) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,13 @@ from texforce.rewards import RewardOutput, build_reward
 from texforce.run.ema import ParameterEMA
 from texforce.run.run_config import RunConfig
 from texforce.training.checkpoint import load_checkpoint_state, rng_state, set_rng_state
-from texforce.training.distributed import average_gradients, batch_generator, process_state
+from texforce.training.distributed import (
+    average_gradients,
+    batch_generator,
+    gather_to_main,
+    process_slice,
+    process_state,
+)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -44,7 +52,8 @@ class Trainer:
 
     def setup(self) -> None:
         c = self.config
-        self.dist = process_state(c.model.device)  # one process, or one of `accelerate launch`'s
+        # one process, or one of `accelerate launch`'s
+        self.dist = process_state(c.model.device, c.distributed.timeout_minutes)
         self.device = self.dist.device if self.dist.num_processes > 1 else resolve_device(c.model.device)
         torch.manual_seed(c.seed)
         self.policy = Policy(c, self.device)
@@ -104,11 +113,12 @@ class Trainer:
         first = num_batches * self.dist.process_index
         return [batch_generator(self.config.seed, epoch, first + k) for k in range(num_batches)]
 
-    def my_micro_batches(self, num_micro_batches: int) -> list[int]:
-        """Global micro-batch indices this process trains on: micro-batch j belongs to optimizer step
-        j // (accumulation · processes), and process r takes the r-th run of `accumulation` of them."""
+    def my_micro_batches(self, num_micro_batches: int, process: int | None = None) -> list[int]:
+        """Global micro-batch indices this process (or `process`) trains on: micro-batch j belongs to optimizer
+        step j // (accumulation · processes), and process r takes the r-th run of `accumulation` of them."""
         accumulation, world = self.config.train.gradient_accumulation_steps, self.dist.num_processes
-        return [j for j in range(num_micro_batches) if (j // accumulation) % world == self.dist.process_index]
+        process = self.dist.process_index if process is None else process
+        return [j for j in range(num_micro_batches) if (j // accumulation) % world == process]
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         """Rewards (N,) of images (N, 3, H, W), no gradient, in sampling-sized chunks under a progress bar."""
@@ -160,18 +170,32 @@ class Trainer:
     @torch.no_grad()
     def evaluate(
         self, prompts: Sequence[str], seeds: Sequence[int], texts: Sequence[str] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Judged rewards (S, P) of every prompt × seed (`eval.reward`, default the training reward), rendered with
         deterministic DDIM from the seed's noise (the same noise for every prompt, as `texforce eval`), and the
-        images (P, 3, H, W) of the first seed. `texts`: what the model is given instead (a prompt style); the judge
-        still reads `prompts`."""
-        rows, first = [], None
-        for seed in seeds:
-            noise = self.policy.initial_noise(1, torch.Generator().manual_seed(seed)).expand(len(prompts), -1, -1, -1)
-            images = self.policy.generate(list(texts or prompts), noise)
-            rows.append(self.judge(images, list(prompts)).total)
-            first = images if first is None else first
-        return torch.stack(rows), first
+        images (P, 3, H, W) of the first seed: on the main process, None on the others. `texts`: what the model is
+        given instead (a prompt style); the judge still reads `prompts`.
+
+        Every process renders and judges its contiguous slice of the seed-major prompt × seed list, each seed's
+        part in one batch (one process: every seed's prompts in one batch), and the main process gathers the
+        scores and images (as 8-bit pixels, all a grid keeps): no process waits in a barrier while another renders.
+        """
+        pairs = [(s, p) for s in range(len(seeds)) for p in range(len(prompts))]
+        scores, pixels = [], []
+        for s, group in groupby(pairs[process_slice(self.dist, len(pairs))], key=itemgetter(0)):
+            indices = [p for _, p in group]
+            chosen = [prompts[p] for p in indices]
+            noise = self.policy.initial_noise(1, torch.Generator().manual_seed(seeds[s]))
+            shown = [texts[p] for p in indices] if texts is not None else chosen
+            images = self.policy.generate(shown, noise.expand(len(chosen), -1, -1, -1))
+            scores.append(self.judge(images, chosen).total.float().cpu())
+            if s == 0:
+                pixels.append((images.clamp(0, 1) * 255).round().to(torch.uint8))
+        shares = gather_to_main(self.dist, (scores, pixels))
+        if shares is None:
+            return None
+        judged = torch.cat([score for share, _ in shares for score in share]).view(len(seeds), len(prompts))
+        return judged, torch.cat([image for _, share in shares for image in share]).float() / 255
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> dict[str, Any]:

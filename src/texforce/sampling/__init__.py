@@ -29,11 +29,12 @@ from texforce.sampling.schedulers import (
     set_timesteps,
 )
 from texforce.sampling.step import gaussian_log_prob, step_gaussian, step_kl, step_with_logprob
-from texforce.sampling.trajectory import Conditioning, Trajectory
+from texforce.sampling.trajectory import Conditioning, LatentRows, Trajectory
 
 __all__ = [
     "Conditioning",
     "FluxScheduler",
+    "LatentRows",
     "NoisePredictor",
     "Scheduler",
     "Trajectory",

@@ -9,18 +9,34 @@ import torch
 
 
 @dataclass
+class LatentRows:
+    """Some (sample, step) latents of B chains: `values` (M, C, h, w) and `index` (B, T+1), the row of `values`
+    holding each pair, −1 where it is not held. `latents[rows, steps]` reads like the dense (B, T+1, C, h, w)."""
+
+    values: torch.Tensor
+    index: torch.Tensor
+
+    def __getitem__(self, key: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        positions = self.index[key]
+        if bool((positions < 0).any()):
+            raise IndexError("a (sample, step) latent that this process was not sent")
+        return self.values[positions]
+
+
+@dataclass
 class Trajectory:
     """One batch of sampled denoising chains; everything PPO needs to replay them.
 
     prompts: B strings; prompt_ids (B, L) token ids of every tokenizer side by side (SD: one, L = 77; SDXL: two,
     L = 2 × 77), which the update re-encodes with gradients;
-    latents (B, T+1, C, h, w) from pure noise to the final latent; log_probs (B, T) of each transition;
+    latents (B, T+1, C, h, w) from pure noise to the final latent (after a multi-process gather: `LatentRows`,
+    only the pairs this process trains on, indexed the same way); log_probs (B, T) of each transition;
     timesteps (T,) in sampling order; images (B, 3, H, W) in [0, 1].
     """
 
     prompts: list[str]
     prompt_ids: torch.Tensor
-    latents: torch.Tensor
+    latents: torch.Tensor | LatentRows
     log_probs: torch.Tensor
     timesteps: torch.Tensor
     images: torch.Tensor

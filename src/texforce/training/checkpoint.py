@@ -43,19 +43,32 @@ def checkpoint_dir(run_dir: Path, epoch: int) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every global random state a training step may touch."""
+    """Every global random state a training step may touch: Python's, NumPy's, torch's CPU generator, and the
+    current GPU's generator (not every visible GPU's, so that a run resumes where fewer GPUs are visible).
+
+    texforce itself draws all its noise from explicit CPU generators, so the GPU state is kept only for code
+    beside it (a reward model, a user's callback) that draws from the global CUDA generator."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`'s states. A checkpoint written before this format holds one CUDA state per GPU
+    visible then: the current GPU's is restored when there is one of that index, none otherwise."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, list | tuple):  # the older format: torch.cuda.get_rng_state_all()
+        index = torch.cuda.current_device()
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda)
 
 
 def _fsync_tree(folder: Path) -> None:
