@@ -115,6 +115,11 @@ def validate(config: RunConfig) -> None:
     check_values(config, config_keys(RunConfig), REGISTRY_CHOICES)
     s, t = config.sample, config.train
     check(config.text_lora.use or config.unet_lora.use, "nothing to train: set text_lora.use or unet_lora.use")
+    check(
+        config.model.dtype != "fp16",
+        "model.dtype=fp16 cannot train (no loss scaling: DDPO's small gradients flush to zero in fp16); "
+        "use model.dtype=bf16, or fp32 on a GPU without bf16",
+    )
     for name in ("text_lora", "unet_lora", "text_lora_2"):
         modules = getattr(config, name).target_modules
         check(modules is None or bool(modules), f"{name}.target_modules must not be empty")
