@@ -270,10 +270,9 @@ def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:
 def add_lora(module: torch.nn.Module, lora: LoraConfig, seed: int) -> list[torch.nn.Parameter]:
     """Add a trainable fp32 LoRA adapter to `module` (text encoder or U-Net); return its parameters.
 
-    The seed fixes the adapter's initialisation so that a run is reproducible from its config alone, on any device
-    and in any frozen dtype:
-    peft draws the adapter in fp32 and then moves it to its layer's dtype: the layers it adapts are fp32 meanwhile
-    (cast back after, exactly), so that a half-precision base gets the same initial adapter as an fp32 one.
+    The seed fixes the adapter's initialisation so that a run is reproducible from its config alone, in any frozen
+    dtype: peft draws the adapter in fp32, then moves it to its layer's dtype, so the layers it adapts are fp32
+    meanwhile (and cast back after, exactly) and a bf16 base gets the same initial adapter as an fp32 one.
     """
     targets = [
         (layer, layer.weight.dtype)
