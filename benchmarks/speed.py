@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: checks the harness, not speed")
     parser.add_argument("--modes", default="reference,texforce,backprop", help=f"comma-separated: {', '.join(MODES)}")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="model.dtype (fp16 cannot train)")
     parser.add_argument("--sample-batch", type=int, default=32)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--backprop-batch", type=int, default=4)

@@ -88,6 +88,10 @@ def test_nonfinite_fraction_out_of_range(capsys, tiny_model_dir, tmp_path):
     train_fails(capsys, tiny_model_dir, tmp_path, message, "train.max_nonfinite_fraction=1")
 
 
+def test_training_in_fp16(capsys, tiny_model_dir, tmp_path):
+    train_fails(capsys, tiny_model_dir, tmp_path, "model.dtype=fp16 cannot train", "model.dtype=fp16")
+
+
 def test_wandb_enabled_but_not_installed(capsys, tiny_model_dir, tmp_path, monkeypatch):
     import importlib.util
 

@@ -30,6 +30,14 @@ GRID_SIZE = 16
 Reference = tuple[Conditioning, Conditioning | None]  # the frozen policy's conditioning and negative
 
 
+def gradient_leaves(conditioning: Conditioning | None, trainable: bool) -> Conditioning | None:
+    """The conditioning's tensors as fp32 leaves of the U-Net calls (the calls cast them to the U-Net's dtype): the
+    gradients of the steps add up in fp32, not in the text encoder's bf16 (0.6 % off over 25 steps)."""
+    if conditioning is None:
+        return None
+    return conditioning.map(lambda t: t.detach().float().requires_grad_(trainable and t.requires_grad))
+
+
 def repeat_rows(conditioning: Conditioning | None, k: int) -> Conditioning | None:
     """The conditioning of b rows stacked k times (row i·b + r is row r), as a U-Net call over k steps needs."""
     return None if conditioning is None else conditioning.map(lambda t: t.repeat(k, *[1] * (t.ndim - 1)))
@@ -261,10 +269,7 @@ class DDPO:
             embeds = policy.encode(trajectory.prompt_ids[rows])
             negative = policy.negative_embeds(len(rows)) if self.ddpo.use_cfg and policy.uses_guidance else None
         # the conditioning's tensors as leaves: their gradients, summed over the steps, cross the encoders once
-        leaves = [
-            e.map(lambda t: t.detach().requires_grad_(text_trainable and t.requires_grad)) if e is not None else None
-            for e in (embeds, negative)
-        ]
+        leaves = [gradient_leaves(e, text_trainable) for e in (embeds, negative)]
         reference = self.reference_conditioning(trajectory.prompt_ids[rows]) if self.ddpo.kl_coef > 0 else None
         totals: dict[str, float] = defaultdict(float)
         num_steps = steps.shape[1]
@@ -294,7 +299,7 @@ class DDPO:
             for key, value in logged.items():
                 totals[key] += value.item() * k / num_steps
         pairs = [
-            (tensor, leaf.grad)
+            (tensor, leaf.grad.to(tensor.dtype))
             for e, leaves_of_e in zip((embeds, negative), leaves, strict=True)
             if e is not None
             for tensor, leaf in zip(e.tensors(), leaves_of_e.tensors(), strict=True)

@@ -229,7 +229,11 @@ class Policy:
     ) -> Trajectory:
         """DDPO chains of `prompts` in batches of `sample.batch_size_per_device`, batch i drawing its noise from
         `generators[i]` (or all from one generator); only the `stochastic` steps (default all) draw noise and
-        have a log-prob. Everything on the CPU."""
+        have a log-prob. Everything on the CPU.
+
+        The chain is kept in fp32 whatever the frozen dtype (the denoiser casts its own input): each recorded
+        log-prob is that of exactly the stored latent, so PPO's ratio is 1 on-policy in bf16 too (a chain stored in
+        bf16 re-scores a rounded sample: ratio below 1, clipfrac 0.7 at clip 1e-4)."""
         s = self.config.sample
         batches = []
         for index, start in enumerate(range(0, len(prompts), s.batch_size_per_device)):
@@ -240,7 +244,7 @@ class Policy:
             latents, log_probs, timesteps = sample_latents(
                 self.conditioned_predictor(ids),
                 self.scheduler,
-                noise.to(self.device, self.denoiser.dtype),
+                noise.to(self.device, torch.float32),  # the chain in fp32: only the denoiser's input is half
                 s.num_steps,
                 s.eta,
                 generator,

@@ -5,7 +5,8 @@ Built-ins come from `sd.py` and `flow.py` (random weights) and `world.py` with `
 offline world's model). SD and SDXL denoise with a U-Net on DDIM; SD3 and FLUX with a transformer on flow matching
 (`denoiser` gives either).
 
-The frozen parts are kept in half precision on a GPU (bf16 or fp16) and in fp32 on the CPU; trainable
+The frozen parts are kept in half precision on a GPU (bf16, or fp16 for rendering) and in fp32 on the CPU (unless
+`model.half_on_cpu`), with fp32 where fp16 overflows (`keep_fp32_parts`); trainable
 LoRA weights are always fp32, as diffusers' own LoRA training scripts keep them. `model.attention`,
 `model.channels_last` and `model.compile` choose how the frozen parts compute (the same function either way).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -55,9 +57,44 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Half precision on a GPU as configured; always fp32 on the CPU (half matmuls there are slow or absent)."""
-    return DTYPES[name] if device.type == "cuda" else torch.float32
+def frozen_dtype(name: str, device: torch.device, half_on_cpu: bool = False) -> torch.dtype:
+    """Half precision on a GPU as configured; fp32 on the CPU (half matmuls there are slow), unless `half_on_cpu`
+    asks for the configured dtype there too: the GPU's dtype path, emulated exactly (tests). Warns when a GPU
+    would emulate bf16 (V100, T4: several times slower than fp32)."""
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        warnings.warn(
+            f"model.dtype=bf16 on {torch.cuda.get_device_name(device)}, which has no native bf16: it runs several "
+            "times slower than fp32; use model.dtype=fp32 there",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return DTYPES[name] if device.type == "cuda" or half_on_cpu else torch.float32
+
+
+def keep_fp32_parts(pipe: DiffusionPipeline, dtype: torch.dtype) -> None:
+    """Put back in fp32 what overflows in `dtype`, as diffusers and transformers do when they load in it: in fp16 the
+    VAE when its config says `force_upcast` (SDXL's overflows to NaN), whose decoder then takes its input in fp32,
+    and each model's `_keep_in_fp32_modules` (T5's `wo`); in fp16 or bf16 its `_keep_in_fp32_modules_strict`."""
+    vae = pipe.vae
+    if dtype == torch.float16 and vae.config.force_upcast:
+        vae.to(dtype=torch.float32)
+        for part in (getattr(vae, "post_quant_conv", None), vae.decoder):
+            if part is not None:
+                part.register_forward_pre_hook(_inputs_in_fp32)
+    for model in pipe.components.values():
+        if not isinstance(model, torch.nn.Module):
+            continue
+        keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+        if dtype == torch.float16:
+            keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+        for name, module in model.named_modules():
+            if keep & set(name.split(".")):
+                module.to(dtype=torch.float32)
+
+
+def _inputs_in_fp32(module: torch.nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: floating-point inputs cast to fp32 (an fp32 VAE part fed by an fp16 pipeline)."""
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def load_pipeline(
@@ -216,7 +253,7 @@ def is_t5(encoder: torch.nn.Module) -> bool:
 def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipeline:
     """Load the base pipeline in its frozen dtype, freeze every weight, move it to `device`, and apply the
     attention kernel, memory format and compilation of `config`."""
-    dtype = frozen_dtype(config.dtype, device)
+    dtype = frozen_dtype(config.dtype, device, config.half_on_cpu)
     pipe = load_pipeline(config.base, config.revision, dtype)
     processor, implementation = ATTENTION[config.attention]
     model = denoiser(pipe)
@@ -230,6 +267,7 @@ def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipe
         module.requires_grad_(False)
         module.eval()
     pipe.to(device=device, dtype=None if dtype == model.dtype else dtype)
+    keep_fp32_parts(pipe, dtype)
     if config.channels_last:
         for module in (model, pipe.vae):
             module.to(memory_format=torch.channels_last)
@@ -264,14 +302,27 @@ def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:
 def add_lora(module: torch.nn.Module, lora: LoraConfig, seed: int) -> list[torch.nn.Parameter]:
     """Add a trainable fp32 LoRA adapter to `module` (text encoder or U-Net); return its parameters.
 
-    The seed fixes the adapter's initialisation so that a run is reproducible from its config alone.
+    The seed fixes the adapter's initialisation so that a run is reproducible from its config alone, in any frozen
+    dtype: peft draws the adapter in fp32, then moves it to its layer's dtype, so the layers it adapts are fp32
+    meanwhile (and cast back after, exactly) and a bf16 base gets the same initial adapter as an fp32 one.
     """
+    targets = [
+        (layer, layer.weight.dtype)
+        for name, layer in module.named_modules()
+        if isinstance(getattr(layer, "weight", None), torch.Tensor)
+        and any(name == target or name.endswith(f".{target}") for target in lora.target_modules)
+    ]
     devices = {p.device for p in module.parameters()}
     with torch.random.fork_rng(devices=[d for d in devices if d.type == "cuda"]):
         torch.manual_seed(seed)
         try:
+            for layer, _ in targets:
+                layer.to(dtype=torch.float32)
             module.add_adapter(peft_lora_config(lora))
         except ValueError as error:
             raise TexforceError(f"cannot add LoRA to {type(module).__name__}: {error}") from None
+        finally:
+            for layer, dtype in targets:
+                layer.to(dtype=dtype)  # the frozen layer only: its adapter sits beside it, in peft's wrapper
     cast_training_params(module, dtype=torch.float32)
     return [p for p in module.parameters() if p.requires_grad]

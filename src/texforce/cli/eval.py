@@ -59,7 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images per pipeline call, at most (default: the base's, which fits a 24 GB GPU; the world: all)",
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="on GPU; CPU is fp32")
+    parser.add_argument(
+        "--dtype",
+        default="bf16",
+        choices=["bf16", "fp16", "fp32"],
+        help="on GPU; CPU is fp32 (fp16 decodes in fp32 when the VAE asks, force_upcast)",
+    )
     parser.add_argument("-o", "--output", help="output folder, must not exist (default with RUN: RUN/eval)")
     parser.set_defaults(func=run)
 

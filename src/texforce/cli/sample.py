@@ -48,7 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--reward", metavar="SPEC", help="scores in the grid's captions (default: the base model's; none: no scores)"
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="on GPU; CPU is fp32")
+    parser.add_argument(
+        "--dtype",
+        default="bf16",
+        choices=["bf16", "fp16", "fp32"],
+        help="on GPU; CPU is fp32 (fp16 decodes in fp32 when the VAE asks, force_upcast)",
+    )
     parser.add_argument(
         "-o", "--output", required=True, help="grid PNG file; each image goes beside it as NAME_p{prompt}_s{seed}.png"
     )

@@ -21,8 +21,6 @@ from PIL import Image, UnidentifiedImageError
 from texforce.errors import TexforceError
 from texforce.reward_fn import WeightedReward
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -44,7 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--csv", type=Path, help="also write the scores to this CSV file")
     parser.add_argument("--batch-size", type=int, default=16, help="images per reward call (default 16)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on a GPU, fp32 on the CPU")
     parser.set_defaults(func=run)
 
 
@@ -133,9 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         check_writable(args.csv, "--csv")
     images = fit_images([load_image(path) for path in args.images], args.images, image_size(spec), spec)
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    reward = build_reward(spec, device, dtype)
+    reward = build_reward(spec, torch.device(args.device))  # in fp32, as every command scores (REWARD_DTYPE)
     total, components = score_images(reward, images, prompts, args.batch_size)
 
     names = list(components)

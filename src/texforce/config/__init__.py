@@ -28,7 +28,15 @@ class ModelConfig:
         "a hub id, a local diffusers folder, or a built-in (texforce/world, texforce/tiny-random, …)",
     )
     revision: str | None = option(None, "hub revision (branch, tag or commit) of `base`")
-    dtype: str = option("bf16", "frozen weights on a GPU (always fp32 on the CPU)", choices=("bf16", "fp16", "fp32"))
+    dtype: str = option(
+        "bf16",
+        "frozen weights on a GPU (on the CPU fp32, unless model.half_on_cpu); training takes bf16 or fp32",
+        choices=("bf16", "fp16", "fp32"),
+    )
+    half_on_cpu: bool = option(
+        False,
+        "apply model.dtype on the CPU too: slow but exact emulation of the GPU's half-precision path (for tests)",
+    )
     device: str = option("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N")
     attention: str = option(
         "sdpa",

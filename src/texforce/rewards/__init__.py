@@ -38,6 +38,10 @@ WORLD_PROMPTS = PromptGrammar(
     "(texforce prompt sets world, world_all, world_single, world_count, world_relation)",
 )
 WORLD_IMAGE_SIZE = 64  # the world model's images (texforce.world.scenes.IMAGE_SIZE)
+# Every command (train, eval, sample, score) scores in fp32, whatever dtype the diffusion model runs in: one image
+# gets one score everywhere (in bf16 PickScore's exp(logit_scale) is 98.9, not 100, and scores move in the 2nd-3rd
+# digit). Reward models are small beside the diffusion model, so fp32 costs little.
+REWARD_DTYPE = torch.float32
 
 
 REWARDS: dict[str, RewardEntry] = {
@@ -172,19 +176,21 @@ def image_size(spec: str) -> int | None:
     return next((REWARDS[name].image_size for name, _ in parse_reward_spec(spec) if REWARDS[name].image_size), None)
 
 
-def load_reward(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> RewardFn:
-    """Build the registered reward `name` on `device` in `dtype`."""
+def load_reward(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = REWARD_DTYPE) -> RewardFn:
+    """Build the registered reward `name` on `device` in `dtype` (the commands' is `REWARD_DTYPE`; another is for
+    benchmarks and tests)."""
     module, _, function = REWARDS[name].factory.partition(":")
     return getattr(importlib.import_module(module), function)(torch.device(device), dtype)
 
 
-def build_reward(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WeightedReward:
+def build_reward(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = REWARD_DTYPE) -> WeightedReward:
     """Build the weighted reward described by `spec`, e.g. `jpeg_compressibility:1.0+aesthetic:0.5`."""
     return WeightedReward([(name, w, load_reward(name, device, dtype)) for name, w in parse_reward_spec(spec)])
 
 
 __all__ = [
     "REWARDS",
+    "REWARD_DTYPE",
     "DifferentiableReward",
     "PromptGrammar",
     "RewardEntry",

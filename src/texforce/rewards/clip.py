@@ -8,8 +8,8 @@
 | hpsv2       | HPS v2/v2.1 (open_clip ViT-H-14) | cos(image, text)  (HPS's own, no logit scale)          |
 
 Each is a `DifferentiableReward`: `differentiable` keeps the graph (direct reward backprop), `__call__` scores
-under `torch.no_grad` in mini-batches of `batch_size`; both in the dtype the scorer was built with (fp16 on GPU,
-fp32 on CPU), preprocessing in fp32 on the scorer's device.
+under `torch.no_grad` in mini-batches of `batch_size`; both in the dtype the scorer was built with (every command:
+fp32, `rewards.REWARD_DTYPE`), preprocessing in fp32 on the scorer's device.
 """
 
 from __future__ import annotations

@@ -124,6 +124,11 @@ def validate(config: RunConfig) -> None:
             get_style(style)
         except TexforceError as error:
             raise TexforceError(f"eval.styles: {error}") from None
+    check(
+        config.model.dtype != "fp16",
+        "model.dtype=fp16 cannot train (no loss scaling: DDPO's small gradients flush to zero in fp16); "
+        "use model.dtype=bf16, or fp32 on a GPU without bf16",
+    )
     for name in ("text_lora", "unet_lora", "text_lora_2"):
         modules = getattr(config, name).target_modules
         check(modules is None or bool(modules), f"{name}.target_modules must not be empty")

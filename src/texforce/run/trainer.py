@@ -63,9 +63,9 @@ class Trainer:
             weight_decay=c.train.adam_weight_decay,
             eps=c.train.adam_epsilon,
         )
-        self.reward_fn = build_reward(c.reward, self.device, self.policy.denoiser.dtype)
+        self.reward_fn = build_reward(c.reward, self.device)  # in fp32 as every command scores (REWARD_DTYPE)
         judge = c.eval.reward  # None: the training reward judges
-        self.judge = build_reward(judge, self.device, self.policy.denoiser.dtype) if judge else self.reward_fn
+        self.judge = build_reward(judge, self.device) if judge else self.reward_fn
         self.prompts = load_prompt_set(c.prompts.train, c.prompts.eval)
         self.algorithm = build_algorithm(c.train.algorithm, self)
         self.ema = ParameterEMA(self.trainable, c.train.ema_decay) if c.train.ema_decay > 0 else None

@@ -46,12 +46,13 @@ def step_with_logprob(
     """One stochastic step x_t -> x_prev (DDIM at `eta`, or flow SDE at noise level `eta`). Returns
     `(prev_sample, log_prob)`, shapes (B, C, h, w), (B,).
 
-    If `prev_sample` is None a new one is drawn (noise from `generator`); otherwise the given transition is
-    scored. Computation is in fp32 whatever the model's dtype; eta must be > 0.
+    If `prev_sample` is None a new one is drawn (noise from `generator`) in `sample`'s dtype; otherwise the given
+    transition is scored. The log-prob is that of the returned sample as it is (rounded to `sample`'s dtype, which
+    the caller stores and re-scores later); computation is in fp32 whatever the model's dtype; eta must be > 0.
     """
     mean, std = step_gaussian(scheduler, model_output, timesteps, sample, eta)
-    prev32 = mean + std * noise_like(mean, generator) if prev_sample is None else prev_sample.float()
-    return prev32.to(sample.dtype), gaussian_log_prob(prev32, mean, std)
+    prev = (mean + std * noise_like(mean, generator)).to(sample.dtype) if prev_sample is None else prev_sample
+    return prev, gaussian_log_prob(prev, mean, std)
 
 
 def gaussian_log_prob(value: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
