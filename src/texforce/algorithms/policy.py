@@ -195,6 +195,13 @@ class Policy:
             for module in self.adapted.values():
                 module.enable_adapters()
 
+    def enable_gradient_checkpointing(self, vae: bool = False) -> None:
+        """Per-block checkpointing of the denoiser (and of the VAE with `vae`), by the models' own
+        `enable_gradient_checkpointing()`: with a graph, only each block's inputs are kept and the block is recomputed
+        in the backward pass; without one (sampling, evaluation) nothing changes."""
+        for module in (self.denoiser, self.vae) if vae else (self.denoiser,):
+            module.enable_gradient_checkpointing()
+
     def noise_predictor(self, conditioning: Conditioning, negative: Conditioning | None) -> NoisePredictor:
         return guided_noise_fn(self.denoiser, conditioning, negative, self.config.sample.guidance_scale)
 
