@@ -54,8 +54,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Half precision on a GPU as configured; always fp32 on the CPU (half matmuls there are slow or absent)."""
-    return DTYPES[name] if device.type == "cuda" else torch.float32
+    """Half precision on a GPU as configured; always fp32 on the CPU (half matmuls there are slow or absent). The meta
+    device stands for a GPU (`texforce plan` sizes a GPU run there)."""
+    return DTYPES[name] if device.type in ("cuda", "meta") else torch.float32
 
 
 def load_pipeline(base: str, revision: str | None = None) -> DiffusionPipeline:
@@ -181,10 +182,13 @@ def is_t5(encoder: torch.nn.Module) -> bool:
     return type(encoder).__name__ == "T5EncoderModel"
 
 
-def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipeline:
-    """Load the base pipeline, freeze every weight, move it to `device` in its frozen dtype, and apply the
-    attention kernel, memory format and compilation of `config`."""
-    pipe = load_pipeline(config.base, config.revision)
+def prepare_pipeline(
+    config: ModelConfig, device: torch.device, pipe: DiffusionPipeline | None = None
+) -> DiffusionPipeline:
+    """Load the base pipeline (or take `pipe`, built already: `texforce plan`'s on the meta device), freeze every
+    weight, move it to `device` in its frozen dtype, and apply the attention kernel, memory format and compilation
+    of `config`."""
+    pipe = load_pipeline(config.base, config.revision) if pipe is None else pipe
     processor, implementation = ATTENTION[config.attention]
     model = denoiser(pipe)
     # SD3's and FLUX's transformers keep their own (joint) attention processors, which call torch's sdpa

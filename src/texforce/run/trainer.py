@@ -161,11 +161,14 @@ class Trainer:
     def evaluate(self, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Judged rewards (S, P) of every prompt × seed (`eval.reward`, default the training reward), rendered with
         deterministic DDIM from the seed's noise (the same noise for every prompt, as `texforce eval`), and the
-        images (P, 3, H, W) of the first seed."""
+        images (P, 3, H, W) of the first seed. At most `sample.batch_size_per_device` prompts per denoiser batch,
+        so that the evaluation's memory is the sampling's (`texforce plan`), whatever `eval.num_prompts` is."""
         rows, first = [], None
+        size = self.config.sample.batch_size_per_device
         for seed in seeds:
-            noise = self.policy.initial_noise(1, torch.Generator().manual_seed(seed)).expand(len(prompts), -1, -1, -1)
-            images = self.policy.generate(prompts, noise)
+            noise = self.policy.initial_noise(1, torch.Generator().manual_seed(seed))
+            chunks = [prompts[i : i + size] for i in range(0, len(prompts), size)]
+            images = torch.cat([self.policy.generate(c, noise.expand(len(c), -1, -1, -1)) for c in chunks])
             rows.append(self.judge(images, list(prompts)).total)
             first = images if first is None else first
         return torch.stack(rows), first
