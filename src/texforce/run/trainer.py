@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from diffusers.optimization import get_scheduler
 
 from texforce.algorithms import build_algorithm
@@ -42,12 +43,13 @@ class Trainer:
         self.config = config
         self.log = logger
 
-    def setup(self) -> None:
+    def setup(self, pipe: DiffusionPipeline | None = None) -> None:
+        """Build the run's parts; `pipe` (built already, e.g. by a benchmark on the GPU) replaces loading the base."""
         c = self.config
         self.dist = process_state(c.model.device)  # one process, or one of `accelerate launch`'s
         self.device = self.dist.device if self.dist.num_processes > 1 else resolve_device(c.model.device)
         torch.manual_seed(c.seed)
-        self.policy = Policy(c, self.device)
+        self.policy = Policy(c, self.device, pipe)
         self.optimizer = torch.optim.AdamW(
             self.policy.param_groups,
             betas=(c.train.adam_beta1, c.train.adam_beta2),
