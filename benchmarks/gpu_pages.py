@@ -184,3 +184,49 @@ def collect(record: dict, output: Path, runs: Path, names: list[str]) -> dict:
     (output / "results.json").write_text(json.dumps(record, indent=2))
     (output / "suite.md").write_text(suite_page(record))
     return record
+
+
+DOCS_BEGIN = "<!-- gpu-check: begin (written by benchmarks/gpu_check.sh; do not edit by hand) -->"
+DOCS_END = "<!-- gpu-check: end -->"
+
+
+def docs_section(record: dict) -> str:
+    """The measured run as the docs page shows it: where and when, each stage's status, the speed figures (SD-1.5
+    and, with --flow, SD3.5-Medium and FLUX.1-dev) and each experiment's status."""
+    stages = [[name, r["status"], r["seconds"]] for name, r in record["stages"].items()]
+    experiments = [[name, e["status"], e.get("seconds", "")] for name, e in record["experiments"].items()]
+    text = [
+        "## Measured\n",
+        table(
+            ["", ""],
+            [
+                ["command", f"`{record['command']}`"],
+                ["machine", record["machine"]],
+                ["date", record["date"]],
+                ["wall time", f"{record['wall_seconds']:.0f} s of a {record['deadline_seconds']:.0f} s deadline"],
+            ],
+        ),
+        table(["stage", "status", "seconds"], stages),
+        table(["experiment", "status", "seconds"], experiments),
+    ]
+    if record["speed"]:
+        text.append(figures_table(record["speed"]))
+    return "\n".join(text)
+
+
+def update_docs(page: Path, record: dict) -> None:
+    """Put the measured run between the gpu-check markers of `page` (added at its end the first time)."""
+    text = page.read_text()
+    head, begin, rest = text.partition(DOCS_BEGIN)
+    tail = rest.partition(DOCS_END)[2] if begin else "\n"
+    page.write_text(f"{head.rstrip()}\n\n{DOCS_BEGIN}\n{docs_section(record)}\n{DOCS_END}\n{tail.lstrip()}")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write a GPU suite's results.json into a docs page")
+    parser.add_argument("results", type=Path, help="the suite's OUTPUT/results.json")
+    parser.add_argument("--docs", type=Path, required=True, help="the page (docs/performance/gpu-suite.md)")
+    arguments = parser.parse_args()
+    update_docs(arguments.docs, json.loads(arguments.results.read_text()))

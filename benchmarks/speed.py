@@ -42,7 +42,8 @@ import torch
 import transformers
 
 from benchmarks.timing import append_json_lines, timed_calls
-from texforce.bases.loading import attention_kernels
+from texforce.bases.loading import attention_kernels, frozen_dtype, resolve_device
+from texforce.bases.meta import build_on_device
 from texforce.observe.runlog import RunLogger
 from texforce.run.run_config import load_config
 from texforce.run.trainer import Trainer, epoch_generator
@@ -83,7 +84,9 @@ def build_trainer(base: str, steps: int, sample_batch: int, train_batch: int, tm
         ],
     )
     trainer = Trainer(config, RunLogger(Path(tmp), 1, 1, quiet=True))
-    trainer.setup()
+    device = resolve_device(config.model.device)  # on a GPU the random weights are made there, in their dtype
+    pipe = build_on_device(base, device, frozen_dtype(config.model.dtype, device)) if device.type == "cuda" else None
+    trainer.setup(pipe)
     return trainer
 
 

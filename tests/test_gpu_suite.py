@@ -9,11 +9,14 @@ import sys
 import time
 
 import pytest
+import torch
 
 from benchmarks import gpu_suite
-from benchmarks.gpu_pages import markdown_tables
+from benchmarks.gpu_pages import DOCS_BEGIN, DOCS_END, markdown_tables, update_docs
 from benchmarks.gpu_plan import SAFETY, Shape, Throughput, Work, plan, throughput
-from benchmarks.gpu_stages import Stage
+from benchmarks.gpu_stages import ROOT, Stage
+from texforce.bases.meta import build_meta_pipeline, build_on_device
+from texforce.errors import TexforceError
 
 SINGLE = Throughput(1, 10.0, 0.002)
 POOL = Throughput(4, 15.0, 0.004)  # 4 at once: 1,000 samples/s together against 500 alone
@@ -131,6 +134,15 @@ def test_the_whole_command_on_the_tiny_model(tmp_path):
     assert "| budget | `gpu` |" in page and "**GPU suite budget.** 2 training seeds × 8 samples per arm" in page
     assert "[hacking](hacking/results.md)" in (out / "suite.md").read_text()
     assert "[hacking](hacking/results.md)" in (out / "experiments.md").read_text()
+    page = tmp_path / "gpu-suite.md"  # what gpu_check.sh then writes into docs/performance/gpu-suite.md
+    page.write_text((ROOT / "docs" / "performance" / "gpu-suite.md").read_text())
+    for _ in range(2):  # replaced between its markers, never repeated
+        update_docs(page, saved)
+    text = page.read_text()
+    assert text.count(DOCS_BEGIN) == text.count(DOCS_END) == 1 and text.index(DOCS_BEGIN) < text.index(DOCS_END)
+    section = text[text.index(DOCS_BEGIN) : text.index(DOCS_END)]
+    assert "| speed_flux-dev | done |" in section and "`texforce/tiny-flux-random`" in section
+    assert text.startswith("# On a GPU") and "| hacking | done |" in section
 
 
 def test_a_deadline_too_short_for_anything(tmp_path):
@@ -139,3 +151,29 @@ def test_a_deadline_too_short_for_anything(tmp_path):
     assert record["stages"]["compile"]["status"].startswith("skipped")
     assert {e["status"] for e in record["experiments"].values()} == {"not run"}
     assert "| discover | stopped at its time limit |" in (tmp_path / "suite" / "suite.md").read_text()
+
+
+def test_the_prepared_gpu_check_in_its_dry_run():
+    """benchmarks/gpu_check.sh: the suite with the flow rows inside 10 minutes, then its figures into the docs page."""
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    suite, pages = [line for line in result.stdout.splitlines() if line.startswith("+ ")][-2:]
+    assert "-m benchmarks.gpu_suite --flow" in suite
+    assert int(suite.split("--deadline ")[1].split()[0]) <= 540  # the rest of 600 s: install, start-up, copies
+    assert pages.endswith("--docs docs/performance/gpu-suite.md")
+
+
+def test_a_random_built_in_is_made_on_its_device_in_its_dtype():
+    """What --flow does on the GPU (FLUX.1 in bf16, no fp32 copy on the CPU), on the tiny FLUX and the CPU."""
+    pipe = build_on_device("texforce/tiny-flux-random", "cpu", torch.bfloat16)
+    planned, _ = build_meta_pipeline("texforce/tiny-flux-random")
+    for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+        module, meta = getattr(pipe, name), getattr(planned, name)
+        floats = [t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
+        assert {t.dtype for t in floats} == {torch.bfloat16} and all(torch.isfinite(t).all() for t in floats)
+        assert sum(p.numel() for p in module.parameters()) == sum(p.numel() for p in meta.parameters())
+    positions = next(b for n, b in pipe.text_encoder.named_buffers() if n.endswith("position_ids"))
+    assert torch.equal(positions[0], torch.arange(77))  # a buffer its constructor computes
+    assert torch.get_default_dtype() == torch.float32
+    with pytest.raises(TexforceError, match="not a random built-in"):
+        build_on_device("black-forest-labs/FLUX.1-dev", "cpu", torch.bfloat16)

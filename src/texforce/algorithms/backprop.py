@@ -41,7 +41,11 @@ class BackpropConfig:
         1, "K: how many of the last sampling steps keep their graph (at most sample.num_steps)", bounds=">= 1"
     )
     random_truncation: bool = option(False, "AlignProp: K drawn uniformly from 1..num_grad_steps per micro-batch")
-    gradient_checkpointing: bool = option(True, "recompute each U-Net call and the VAE decoder in the backward pass")
+    gradient_checkpointing: bool = option(
+        True,
+        "per-block checkpointing of the denoiser and the VAE decoder (the models' own enable_gradient_checkpointing): "
+        "only each block's input is kept, each block is recomputed in the backward pass",
+    )
     anchor_coef: float = option(
         0.0,
         "λ of an anchor that keeps prompts written in `anchor_style` where the frozen encoder puts them: "
@@ -85,6 +89,8 @@ class RewardBackprop:
         c = context.config
         micro_batches = c.samples_per_epoch_per_device // c.train.batch_size_per_device
         self.steps_per_epoch = micro_batches // c.train.gradient_accumulation_steps
+        if backprop.gradient_checkpointing:
+            context.policy.enable_gradient_checkpointing(vae=True)
 
     def run_epoch(self, epoch: int, generator: torch.Generator) -> EpochStats:
         t, c = self.trainer, self.trainer.config
@@ -138,7 +144,7 @@ class RewardBackprop:
     ) -> tuple[RewardOutput, torch.Tensor]:
         """Accumulate the gradient of −mean reward of one micro-batch; returns its rewards and images (CPU)."""
         t, c = self.trainer, self.trainer.config
-        policy, checkpoint = t.policy, self.backprop.gradient_checkpointing
+        policy = t.policy  # per-block checkpointing, if configured, is on in the denoiser and the VAE themselves
         predict = policy.conditioned_predictor(policy.tokenize(prompts))  # graph into the LoRA weights
         noise = policy.initial_noise(len(prompts), generator)
         latents = denoise(
@@ -149,9 +155,8 @@ class RewardBackprop:
             c.sample.eta,
             generator,
             grad_steps=num_grad_steps,
-            checkpoint=checkpoint,
         )
-        images = decode(policy.vae, latents, checkpoint=checkpoint)  # (b, 3, H, W), graph kept
+        images = decode(policy.vae, latents)  # (b, 3, H, W), graph kept
         reward = t.reward_fn.differentiable(images, prompts)
         finite = torch.isfinite(reward.total.detach()).cpu()
         t.finite_rewards(reward.total.detach().cpu(), epoch + 1)  # stops before the backward if too many are bad

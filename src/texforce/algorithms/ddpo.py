@@ -60,6 +60,11 @@ class DDPOConfig:
         "and gradient as one call per step; faster on the CPU, k times the activation memory)",
         bounds=">= 1",
     )
+    gradient_checkpointing: bool = option(
+        False,
+        "per-block checkpointing of the denoiser in the update (its own enable_gradient_checkpointing): only each "
+        "block's input is kept, each block is recomputed in the backward pass (FLUX, SD3.5 Large at 1024²)",
+    )
     kl_coef: float = option(
         0.0,
         "β of a KL penalty to the frozen policy (adapters off) on each trained step, ‖μθ − μref‖² / 2σ² averaged over "
@@ -141,6 +146,8 @@ class DDPO:
         self.num_train_timesteps = ddpo.num_train_timesteps(c.sample.num_steps)
         micro_batches = c.samples_per_epoch_per_device // c.train.batch_size_per_device
         self.steps_per_epoch = ddpo.num_inner_epochs * micro_batches // c.train.gradient_accumulation_steps
+        if ddpo.gradient_checkpointing:
+            context.policy.enable_gradient_checkpointing()
 
     def run_epoch(self, epoch: int, generator: torch.Generator) -> EpochStats:
         t = self.trainer

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
@@ -54,12 +54,13 @@ def tokenize(tokenizer, prompts: Sequence[str], max_length: int | None = None) -
 
 
 class Policy:
-    """The frozen pipeline of `config.model` on `device` with the configured LoRA adapters added (fp32)."""
+    """The frozen pipeline of `config.model` on `device` with the configured LoRA adapters added (fp32); `pipe`, when
+    given, is used instead of loading `config.model.base` (`texforce plan` builds it on the meta device)."""
 
-    def __init__(self, config: SharedConfig, device: torch.device) -> None:
+    def __init__(self, config: SharedConfig, device: torch.device, pipe: DiffusionPipeline | None = None) -> None:
         self.config = config
         self.device = device
-        self.pipe = prepare_pipeline(config.model, device)
+        self.pipe = prepare_pipeline(config.model, device, pipe)
         self.scheduler = self.pipe.scheduler
         self.text_encoders = text_encoders(self.pipe)  # by component name: text_encoder[, text_encoder_2[, _3]]
         self.tokenizers = [getattr(self.pipe, n.replace("text_encoder", "tokenizer")) for n in self.text_encoders]
@@ -194,6 +195,13 @@ class Policy:
         finally:
             for module in self.adapted.values():
                 module.enable_adapters()
+
+    def enable_gradient_checkpointing(self, vae: bool = False) -> None:
+        """Per-block checkpointing of the denoiser (and of the VAE with `vae`), by the models' own
+        `enable_gradient_checkpointing()`: with a graph, only each block's inputs are kept and the block is recomputed
+        in the backward pass; without one (sampling, evaluation) nothing changes."""
+        for module in (self.denoiser, self.vae) if vae else (self.denoiser,):
+            module.enable_gradient_checkpointing()
 
     def noise_predictor(self, conditioning: Conditioning, negative: Conditioning | None) -> NoisePredictor:
         return guided_noise_fn(self.denoiser, conditioning, negative, self.config.sample.guidance_scale)

@@ -59,8 +59,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def frozen_dtype(name: str, device: torch.device, half_on_cpu: bool = False) -> torch.dtype:
     """Half precision on a GPU as configured; fp32 on the CPU (half matmuls there are slow), unless `half_on_cpu`
-    asks for the configured dtype there too: the GPU's dtype path, emulated exactly (tests). Warns when a GPU
-    would emulate bf16 (V100, T4: several times slower than fp32)."""
+    asks for the configured dtype there too: the GPU's dtype path, emulated exactly (tests). The meta device stands
+    for a GPU (`texforce plan` sizes a GPU run there). Warns when a GPU would emulate bf16 (V100, T4: several
+    times slower than fp32)."""
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         warnings.warn(
             f"model.dtype=bf16 on {torch.cuda.get_device_name(device)}, which has no native bf16: it runs several "
@@ -68,7 +69,7 @@ def frozen_dtype(name: str, device: torch.device, half_on_cpu: bool = False) -> 
             RuntimeWarning,
             stacklevel=2,
         )
-    return DTYPES[name] if device.type == "cuda" or half_on_cpu else torch.float32
+    return DTYPES[name] if device.type in ("cuda", "meta") or half_on_cpu else torch.float32
 
 
 def keep_fp32_parts(pipe: DiffusionPipeline, dtype: torch.dtype) -> None:
@@ -250,11 +251,14 @@ def is_t5(encoder: torch.nn.Module) -> bool:
     return type(encoder).__name__ == "T5EncoderModel"
 
 
-def prepare_pipeline(config: ModelConfig, device: torch.device) -> DiffusionPipeline:
-    """Load the base pipeline in its frozen dtype, freeze every weight, move it to `device`, and apply the
-    attention kernel, memory format and compilation of `config`."""
+def prepare_pipeline(
+    config: ModelConfig, device: torch.device, pipe: DiffusionPipeline | None = None
+) -> DiffusionPipeline:
+    """Load the base pipeline in its frozen dtype (or take `pipe`, built already: `texforce plan`'s on the meta
+    device), freeze every weight, move it to `device` in its frozen dtype, and apply the attention kernel, memory
+    format and compilation of `config`."""
     dtype = frozen_dtype(config.dtype, device, config.half_on_cpu)
-    pipe = load_pipeline(config.base, config.revision, dtype)
+    pipe = load_pipeline(config.base, config.revision, dtype) if pipe is None else pipe
     processor, implementation = ATTENTION[config.attention]
     model = denoiser(pipe)
     # SD3's and FLUX's transformers keep their own (joint) attention processors, which call torch's sdpa

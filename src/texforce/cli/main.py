@@ -6,10 +6,23 @@ import argparse
 import sys
 import warnings
 
-from texforce.cli import diagnose, eval, experiment, export, fuse, report, rewards, sample, score, train, world
+from texforce.cli import (
+    diagnose,
+    eval,
+    experiment,
+    export,
+    fuse,
+    plan,
+    report,
+    rewards,
+    sample,
+    score,
+    train,
+    world,
+)
 from texforce.errors import TexforceError
 
-COMMANDS = [train, sample, fuse, export, rewards, world, score, eval, report, experiment, diagnose]
+COMMANDS = [train, sample, fuse, export, rewards, world, score, eval, report, experiment, diagnose, plan]
 
 EPILOG = """examples:
   texforce train                                  # the embedded offline default, minutes on a CPU
@@ -21,6 +34,7 @@ EPILOG = """examples:
   texforce rewards
   texforce eval runs/A                            # base vs the run's adapter on its held-out prompts → runs/A/eval
   texforce report runs/20261125-120000            # self-contained HTML: curves, grids, config, eval
+  texforce plan flux_schnell_imagereward          # GPU and host memory of a config, before any GPU
 Without --model, sample, eval and fuse use the base model the adapter records, else the offline world.
 """
 VERBOSE = "show the libraries' warnings and loading bars (hidden by default)"

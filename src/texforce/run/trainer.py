@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from diffusers.optimization import get_scheduler
 
 from texforce.algorithms import build_algorithm
@@ -50,13 +51,14 @@ class Trainer:
         self.config = config
         self.log = logger
 
-    def setup(self) -> None:
+    def setup(self, pipe: DiffusionPipeline | None = None) -> None:
+        """Build the run's parts; `pipe` (built already, e.g. by a benchmark on the GPU) replaces loading the base."""
         c = self.config
         # one process, or one of `accelerate launch`'s
         self.dist = process_state(c.model.device, c.distributed.timeout_minutes)
         self.device = self.dist.device if self.dist.num_processes > 1 else resolve_device(c.model.device)
         torch.manual_seed(c.seed)
-        self.policy = Policy(c, self.device)
+        self.policy = Policy(c, self.device, pipe)
         self.optimizer = torch.optim.AdamW(
             self.policy.param_groups,
             betas=(c.train.adam_beta1, c.train.adam_beta2),
@@ -177,17 +179,20 @@ class Trainer:
         given instead (a prompt style); the judge still reads `prompts`.
 
         Every process renders and judges its contiguous slice of the seed-major prompt × seed list, each seed's
-        part in one batch (one process: every seed's prompts in one batch), and the main process gathers the
-        scores and images (as 8-bit pixels, all a grid keeps): no process waits in a barrier while another renders.
+        part in batches of at most `sample.batch_size_per_device` prompts (the evaluation's memory is the
+        sampling's, `texforce plan`, whatever `eval.num_prompts` is), and the main process gathers the scores and
+        images (as 8-bit pixels, all a grid keeps): no process waits in a barrier while another renders.
         """
         pairs = [(s, p) for s in range(len(seeds)) for p in range(len(prompts))]
+        size = self.config.sample.batch_size_per_device
         scores, pixels = [], []
         for s, group in groupby(pairs[process_slice(self.dist, len(pairs))], key=itemgetter(0)):
             indices = [p for _, p in group]
             chosen = [prompts[p] for p in indices]
             noise = self.policy.initial_noise(1, torch.Generator().manual_seed(seeds[s]))
             shown = [texts[p] for p in indices] if texts is not None else chosen
-            images = self.policy.generate(shown, noise.expand(len(chosen), -1, -1, -1))
+            chunks = [shown[i : i + size] for i in range(0, len(shown), size)]
+            images = torch.cat([self.policy.generate(c, noise.expand(len(c), -1, -1, -1)) for c in chunks])
             scores.append(self.judge(images, chosen).total.float().cpu())
             if s == 0:
                 pixels.append((images.clamp(0, 1) * 255).round().to(torch.uint8))
