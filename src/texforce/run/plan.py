@@ -11,8 +11,8 @@ twice it, so the bytes per sample give the largest batch that fits.
 Left out, and said so in the output: the CUDA context, library workspaces and allocator fragmentation (a fixed
 `RESERVE_GIB` is added before the verdicts); the sampler's own arithmetic on the latents (a few latent-sized tensors);
 rewards that run on the CPU (the world's judges, the detectors, JPEG). Host memory is the pipeline as
-`load_pipeline` stages it (fp32 on the CPU) or the run's data on the CPU, whichever is larger, without the Python and
-CUDA runtime itself.
+`load_pipeline` reads it (straight into its frozen dtype) or the run's data on the CPU, whichever is larger,
+without the Python and CUDA runtime itself.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _measure(run: Callable[[int], None], batch: int) -> tuple[int, float]:
 
 
 def _latents(policy: Policy, batch: int) -> torch.Tensor:
-    return torch.randn((batch, *policy.latent_shape), device=META, dtype=policy.denoiser.dtype)
+    return torch.randn((batch, *policy.latent_shape), device=META)  # the chain is fp32; the denoiser casts its input
 
 
 def _timesteps(batch: int) -> torch.Tensor:
@@ -288,19 +288,14 @@ def plan_memory(config: RunConfig) -> MemoryPlan:
 
 
 def _host_parts(policy: Policy, config: RunConfig, weights: dict[str, dict[str, int]]) -> dict[str, int]:
-    """Host bytes of one process: the pipeline staged in fp32 by `load_pipeline` (and the rewards), or DDPO's epoch
-    on the CPU (the chains, log-probs and images of its samples), whichever is larger."""
-    staged = 0
-    for dtypes in weights.values():
-        for name, size in dtypes.items():
-            dtype = getattr(torch, name)
-            staged += size // dtype.itemsize * 4 if dtype.is_floating_point else size
-    parts = {"pipeline staged in fp32": staged}
+    """Host bytes of one process: the pipeline as `load_pipeline` reads it, in its frozen dtype (and the rewards), or
+    DDPO's epoch on the CPU (the fp32 chains, log-probs and images of its samples), whichever is larger."""
+    parts = {"pipeline as loaded": sum(size for dtypes in weights.values() for size in dtypes.values())}
     if config.train.algorithm == "ddpo":
         n, steps = config.samples_per_epoch_per_device, config.sample.num_steps
         c, h, w = policy.latent_shape
         side = h * policy.pipe.vae_scale_factor
-        chain = n * (steps + 1) * c * h * w * policy.denoiser.dtype.itemsize + n * steps * 4
+        chain = n * (steps + 1) * c * h * w * 4 + n * steps * 4
         parts["epoch's chains and images"] = chain + n * 3 * side * side * 4
     return parts
 
