@@ -40,8 +40,8 @@ def verdict_section(verdicts: Sequence[Verdict]) -> str:
     the seeds the plan runs next), then each contrast with its interval, margin and variance components."""
     rows = []
     for v in verdicts:
-        done = [int(s) for s in v.contrasts[0].per_seed] if v.contrasts else []
-        upcoming = next_seeds(done, v.outcome != UNDECIDED) if v.contrasts else []
+        done = [int(s) for s in v.contrasts[0].per_seed] if v.contrasts else []  # none: no per-seed data committed
+        upcoming = next_seeds(done, v.outcome != UNDECIDED)
         needed = "—" if not v.contrasts else (str(v.needed) if v.needed else "> 999")
         plan = ", ".join(map(str, upcoming)) if upcoming else "none"
         rows.append([v.claim, v.evidence, f"**{v.outcome}**: {v.reason}", needed, plan])
@@ -190,7 +190,8 @@ def write_claims(index: Path) -> None:
             )
             needed = v.get("needed") or ("> 999" if v.get("contrasts") else "—")
             outcome = f"{v['outcome']}: {v['reason']}"
-            rows.append([v["claim"], contrasts or v["evidence"], outcome, v.get("seeds", "—"), needed,
+            seeds = v.get("seeds") or f"{meta['seeds']} run, none recorded"
+            rows.append([v["claim"], contrasts or v["evidence"], outcome, seeds, needed,
                          meta.get("machine", "not recorded"), link])  # fmt: skip
     block = table(["claim", "paired difference [99% interval]", "verdict", "seeds", "seeds needed",
                    "judged on", "page"], rows)  # fmt: skip
