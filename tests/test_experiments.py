@@ -278,3 +278,41 @@ def test_arm_command_is_the_arms_training_as_a_process(tmp_path):
     assert argv[1:5] == ["-m", "texforce", "train", "world_text_clipscore"] and argv[-1] == "--quiet"
     assert argv.index("reward=world_clipscore") < argv.index("seed=2") < argv.index("run_name=text_clipscore_s2")
     assert "model.base=texforce/tiny-random" in argv and "--resume" not in argv
+
+
+def test_accumulate_judges_only_the_seeds_not_recorded(tmp_path, monkeypatch):
+    """The resume logic alone, without a model: seeds 0 and 1 are recorded, so only seed 2 is trained and judged,
+    into an evaluation folder that a previous run left behind (`run_eval` refuses to write over one)."""
+    settings = Settings(BUDGETS["tiny"], tmp_path / "out", tmp_path / "runs", 3)
+    trained, judged = [], []
+
+    def fake_train(settings, config, seed, extra=()):
+        trained.append(seed)
+        run = tmp_path / "runs" / f"{config}_s{seed}"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.jsonl").write_text('{"reward_mean": 0.5}\n')
+        return run
+
+    def fake_evaluate(settings, setups, prompts, rewards, name, config_name):
+        folder = settings.output / name
+        assert not folder.exists(), "run_eval refuses an existing output folder"
+        folder.mkdir(parents=True)
+        judged.append([s.label for s in setups])
+        lines = [f"{s.label},{p},1000,{rewards[0]},{0.5 + 0.01 * len(s.label)}" for s in setups for p in prompts]
+        (folder / "results.csv").write_text("\n".join(["config,prompt,seed,reward,score", *lines]) + "\n")
+
+    monkeypatch.setattr(harness, "train_arm", fake_train)
+    monkeypatch.setattr(harness, "evaluate", fake_evaluate)
+    arms = {"text": ("world_text", ())}
+
+    def setups(seed, runs):
+        return [harness.AdapterSetup(f"text/s{seed}")]
+
+    settings.num_seeds = 2
+    harness.accumulate(settings, arms, ["text"], {"heldout": ["a", "b"]}, ["world_score"], setups)
+    assert trained == [0, 1] and judged == [["base", "text/s0", "text/s1"]]
+    settings.num_seeds = 3
+    records = harness.accumulate(settings, arms, ["text"], {"heldout": ["a", "b"]}, ["world_score"], setups)
+    assert trained == [0, 1, 2] and judged[1] == ["text/s2"] and settings.reused == [0, 1]
+    assert records.complete_seeds(["text"], ["heldout"]) == [0, 1, 2] and set(records.metrics("text")) == {0, 1, 2}
+    assert records.base("heldout", "world_score").keys() == {("a", 1000), ("b", 1000)}

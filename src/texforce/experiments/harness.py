@@ -292,6 +292,7 @@ def accumulate(
     judged += [setup for seed in todo for setup in setups(seed, runs[seed])]
     with phase(settings, "eval"):
         for name, prompts in evaluations.items():
+            shutil.rmtree(settings.output / f"eval_{name}", ignore_errors=True)  # recorded in runs/ already
             evaluate(settings, judged, prompts, rewards, f"eval_{name}", config_name)
             record_evaluation(settings.output, name)
     return load_records(settings.output)
