@@ -113,3 +113,18 @@ def test_the_results_index_gives_each_generated_page_its_verdict():
             assert len(rows) == 1, f"no row for {path.parent.name}'s claim {verdict['claim']!r}"
             outcome = verdict["outcome"]
             assert f"| {outcome}" in rows[0], f"{path.parent.name}: {verdict['claim']!r} is {outcome} on its page"
+
+
+def test_the_results_index_names_the_machine_each_page_was_judged_on():
+    """Every CPU the results index names is one a page's meta.json records, and each generated claim row names its
+    own page's machine: the index cannot say Intel Xeon for runs whose pages say AMD EPYC."""
+    text = (ROOT / "docs" / "results" / "index.md").read_text()
+    metas = [json.loads(path.read_text()) for path in sorted((ROOT / "docs").glob("*/meta.json"))]
+    machines = {meta["experiment"]: meta["machine"] for meta in metas}
+    cpus = {machine.split(",")[0].replace("(R)", "") for machine in machines.values()}
+    for named in re.findall(r"Intel(?:\(R\))? Xeon|AMD EPYC", text):
+        assert any(named.replace("(R)", "") in cpu for cpu in cpus), f"the index names {named}, no page was run on it"
+    for meta in metas:
+        for verdict in meta.get("verdicts", []):
+            row = next(line for line in text.splitlines() if line.startswith(f"| {verdict['claim']} |"))
+            assert f"| {machines[meta['experiment']]} |" in row, verdict["claim"]

@@ -7,9 +7,11 @@ import re
 import time
 
 import pytest
+import torch
 
+from texforce.adapters.conversion import read_adapters
 from texforce.cli.main import main
-from texforce.experiments import BUDGETS, Settings
+from texforce.experiments import BUDGETS, Settings, harness
 from texforce.experiments.harness import DeadlineReached, arm_command, estimate, train_arm
 
 
@@ -52,7 +54,7 @@ def _verdicts(folder, text, count):
     rows = _rows(text, "claim")
     assert [r[0] for r in rows] == [v["claim"] for v in verdicts]
     for row, v in zip(rows, verdicts, strict=True):
-        assert v["outcome"] in ("confirmed", "refuted", "inconclusive") and row[2].startswith(f"**{v['outcome']}**")
+        assert v["outcome"] in ("confirmed", "refuted", "undecided") and row[2].startswith(f"**{v['outcome']}**")
     return verdicts
 
 
@@ -62,14 +64,73 @@ def test_methods(docs, tiny_model_dir):
     assert [r[0].split(" ")[0] for r in rows] == ["base", "text-encoder", "U-Net", "text", "text"]
     assert all(re.fullmatch(NUMBER, r[1]) and re.fullmatch(NUMBER, r[3]) for r in rows)
     assert "±" in rows[1][1] and "±" not in rows[0][1]  # 2 training seeds give an interval; base has none
-    claims = [v["claim"] for v in _verdicts(folder, text, 3)]
-    assert claims[2] == "text tuning keeps semantics better than U-Net tuning at equal reward gain"
-    comparisons = [r[0] for r in _rows(text, "comparison")]
-    assert len(comparisons) == 6 and any(c.startswith("held-out gain, text LoRA vs U-Net LoRA") for c in comparisons)
+    verdicts = _verdicts(folder, text, 3)
+    assert verdicts[2]["claim"] == "text tuning keeps semantics better than U-Net tuning at equal reward gain"
+    assert [c["contrast"] for c in verdicts[1]["contrasts"]] == ["stacked − text", "stacked − U-Net"]
+    assert all(c["seeds"] == 2 and c["shares"] is not None for v in verdicts for c in v["contrasts"])
+    assert [r[0] for r in _rows(text, "contrast")][:2] == ["text − base", "stacked − text"]
     for name in ("eval_heldout", "eval_single"):
         assert (folder / name / "grid.png").is_file() and (folder / name / "summary.csv").is_file()
     index = (folder.parent / "experiments.md").read_text()
     assert "[methods](methods/results.md)" in index
+    # what each seed's verdict needs is recorded beside the page: scores, metrics, and the adapters stacks combine
+    runs = folder / "runs"
+    assert (runs / "base" / "scores.csv").read_text().startswith("evaluation,prompt,seed,reward,score\n")
+    for seed in (0, 1):
+        assert "heldout," in (runs / "stacked" / f"s{seed}" / "scores.csv").read_text()
+        for arm in ("text", "unet", "joint"):
+            assert (runs / arm / f"s{seed}" / "metrics.jsonl").is_file()
+        assert (runs / "text" / f"s{seed}" / "adapter.safetensors").is_file()
+    assert not (runs / "joint" / "s0" / "adapter.safetensors").exists()
+
+
+def test_recorded_adapters_are_the_runs_in_fp16(docs):
+    recorded = read_adapters(docs[0] / "methods" / "runs" / "unet" / "s1" / "adapter.safetensors")
+    trained = read_adapters(docs[1] / "unet_s1" / "lora")
+    assert (
+        set(recorded.components) == {"unet"}
+        and recorded.components["unet"].keys() == trained.components["unet"].keys()
+    )
+    for path, module in trained.components["unet"].items():
+        half = recorded.components["unet"][path]
+        assert half.down.dtype == torch.float16 and half.alpha == module.alpha
+        assert torch.allclose(half.up.float(), module.up.float(), rtol=1e-3, atol=1e-4)
+
+
+def test_more_seeds_resume_from_the_committed_records_without_retraining(docs, tiny_model_dir, monkeypatch):
+    """methods with 3 seeds after 2: seeds 0 and 1 come from runs/ (training them would fail), seed 2 is trained
+    and judged alone (base too is read back), and the page's verdicts pair all three."""
+    real = harness.train_arm
+
+    def train_only_new(settings, config, seed, *args, **kwargs):
+        assert seed == 2, f"seed {seed} of {config} is committed under runs/ and must not be trained again"
+        return real(settings, config, seed, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "train_arm", train_only_new)
+    folder, text = _run("methods", docs, tiny_model_dir, "--seeds", "3")
+    assert "| training seeds | 0, 1, 2 (0, 1 read from the committed runs/) |" in text
+    judged = (folder / "eval_heldout" / "results.csv").read_text()
+    assert "text/s2," in judged and "text/s0," not in judged and "\nbase," not in judged
+    assert all(c["seeds"] == 3 for v in _verdicts(folder, text, 3) for c in v["contrasts"])
+    assert (folder / "runs" / "text" / "s2" / "adapter.safetensors").is_file()
+
+
+def test_page_only_rewrites_the_page_from_the_records(docs, tiny_model_dir, monkeypatch):
+    folder = docs[0] / "methods"
+    before = json.loads((folder / "meta.json").read_text())
+    monkeypatch.setattr(harness, "train_arm", lambda *a, **k: pytest.fail("--page-only must not train"))
+    monkeypatch.setattr(harness, "evaluate", lambda *a, **k: pytest.fail("--page-only must not judge"))
+    argv = ["experiment", "methods", "--page-only", "--budget", "tiny", "-o", str(folder)]
+    assert main(argv) == 0
+    text = (folder / "results.md").read_text()
+    assert "| page | rewritten " in text and f"| machine | {before['machine']} |" in text
+    after = json.loads((folder / "meta.json").read_text())
+    assert after["verdicts"] == before["verdicts"] and after["date"] == before["date"]
+
+
+def test_page_only_needs_an_experiment_with_records(tmp_path, capsys):
+    assert main(["experiment", "versus", "--page-only", "-o", str(tmp_path / "versus")]) == 2
+    assert "versus keeps no per-run records" in capsys.readouterr().err
 
 
 def test_curves_reuse_the_methods_runs(docs, tiny_model_dir):
@@ -81,7 +142,26 @@ def test_curves_reuse_the_methods_runs(docs, tiny_model_dir):
     assert (folder / "curve_jpeg_compressibility.svg").is_file()
     rows = _rows(text, "epoch")
     assert rows[0][0] == "1" and all(re.fullmatch(NUMBER, cell) for cell in rows[0][1:])
-    assert "`jpeg_compressibility`: gain text" in _verdicts(folder, text, 1)[0]["evidence"]
+    assert "text − U-Net gain, `jpeg_compressibility`" in _verdicts(folder, text, 1)[0]["evidence"]
+    assert (folder / "runs" / "unet_jpeg" / "s0" / "metrics.jsonl").is_file()
+
+
+def test_stacking_on_a_unet_tuned_for_another_objective(docs, tiny_model_dir):
+    folder, text = _run("stacking", docs, tiny_model_dir)
+    rows = _rows(text, "model")
+    assert [r[0].split(" ")[0] for r in rows] == ["base", "text-encoder", "U-Net", "both"]
+    assert all(re.fullmatch(NUMBER, cell) for r in rows for cell in r[1:])
+    verdict = _verdicts(folder, text, 1)[0]
+    assert [c["contrast"] for c in verdict["contrasts"]] == [
+        "stacked − base, `world_score`",
+        "stacked − text alone, `world_score`",
+        "stacked − base, `jpeg_compressibility`",
+        "stacked − unet_jpeg alone, `jpeg_compressibility`",
+    ]
+    assert verdict["outcome"] == "undecided" and "at 1 (cap not reached: budget)" in verdict["reason"]
+    scores = (folder / "runs" / "stacked" / "s0" / "scores.csv").read_text()
+    assert ",world_score," in scores and ",jpeg_compressibility," in scores
+    assert (folder / "runs" / "unet_jpeg" / "s0" / "adapter.safetensors").is_file()
 
 
 def test_fusion(docs, tiny_model_dir):
@@ -95,8 +175,13 @@ def test_fusion(docs, tiny_model_dir):
 def test_hacking(docs, tiny_model_dir):
     folder, text = _run("hacking", docs, tiny_model_dir, "--proxy", "world_clipscore")
     assert len(_rows(text, "epoch")) == 1
-    assert "diverge" in text.lower()
-    assert "reward hacking" in _verdicts(folder, text, 1)[0]["claim"]
+    verdict = _verdicts(folder, text, 1)[0]
+    assert "reward hacking" in verdict["claim"]
+    assert [c["contrast"].split(",")[0] for c in verdict["contrasts"]] == [
+        "exact `world_score` held-out",
+        "exact `world_score`",
+        "learned `world_clipscore`",
+    ]
     assert (folder / "curve_proxy.svg").is_file() and (folder / "curve_judge.svg").is_file()
     index = (folder.parent / "experiments.md").read_text()
     assert all(f"[{name}]({name}/results.md)" in index for name in ("methods", "curves", "fusion", "hacking"))
@@ -248,3 +333,41 @@ def test_a_run_another_process_is_training_is_waited_for_and_reused(tmp_path):
         time.sleep(0.05)
     assert timed_train(settings, "default", 0) == (run_dir, {"wall_seconds": 7.0})  # not deleted and retrained
     assert process.wait() == 0
+
+
+def test_accumulate_judges_only_the_seeds_not_recorded(tmp_path, monkeypatch):
+    """The resume logic alone, without a model: seeds 0 and 1 are recorded, so only seed 2 is trained and judged,
+    into an evaluation folder that a previous run left behind (`run_eval` refuses to write over one)."""
+    settings = Settings(BUDGETS["tiny"], tmp_path / "out", tmp_path / "runs", 3)
+    trained, judged = [], []
+
+    def fake_train(settings, config, seed, extra=()):
+        trained.append(seed)
+        run = tmp_path / "runs" / f"{config}_s{seed}"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.jsonl").write_text('{"reward_mean": 0.5}\n')
+        return run
+
+    def fake_evaluate(settings, setups, prompts, rewards, name, config_name):
+        folder = settings.output / name
+        assert not folder.exists(), "run_eval refuses an existing output folder"
+        folder.mkdir(parents=True)
+        judged.append([s.label for s in setups])
+        lines = [f"{s.label},{p},1000,{rewards[0]},{0.5 + 0.01 * len(s.label)}" for s in setups for p in prompts]
+        (folder / "results.csv").write_text("\n".join(["config,prompt,seed,reward,score", *lines]) + "\n")
+
+    monkeypatch.setattr(harness, "train_arm", fake_train)
+    monkeypatch.setattr(harness, "evaluate", fake_evaluate)
+    arms = {"text": ("world_text", ())}
+
+    def setups(seed, runs):
+        return [harness.AdapterSetup(f"text/s{seed}")]
+
+    settings.num_seeds = 2
+    harness.accumulate(settings, arms, ["text"], {"heldout": ["a", "b"]}, ["world_score"], setups)
+    assert trained == [0, 1] and judged == [["base", "text/s0", "text/s1"]]
+    settings.num_seeds = 3
+    records = harness.accumulate(settings, arms, ["text"], {"heldout": ["a", "b"]}, ["world_score"], setups)
+    assert trained == [0, 1, 2] and judged[1] == ["text/s2"] and settings.reused == [0, 1]
+    assert records.complete_seeds(["text"], ["heldout"]) == [0, 1, 2] and set(records.metrics("text")) == {0, 1, 2}
+    assert records.base("heldout", "world_score").keys() == {("a", 1000), ("b", 1000)}

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from texforce.errors import TexforceError
 
-NAMES = ("default", "methods", "versus", "styles", "efficiency", "fusion", "curves", "hacking")
+NAMES = ("default", "methods", "stacking", "versus", "styles", "efficiency", "fusion", "curves", "hacking")
 
 EPILOG = """experiments:
   default   the README's main job (`texforce train`) per training seed: time, memory, held-out and `single` gains
   methods   base · text LoRA · U-Net LoRA · both stacked · joint, on held-out prompts (+ semantics on `single`)
+  stacking  the text adapter (world_score) on a U-Net adapter tuned for JPEG compressibility, both judged
   versus    base · prompt-engineered · TexForce-DDPO · TexForce-backprop · U-Net LoRA · stacked, one table
-  styles    the default run and world_ddpo judged in every prompt style (plain, engineered, paraphrase, …) + ablations
+  styles    the default run judged in every prompt style (plain, engineered, paraphrase, …), and its ablations
   efficiency  held-out world_score against samples seen, DDPO vs direct backprop: samples each needs for +0.10
   fusion    a counting and a relations text adapter fused by weighted sum, judged on each task
   curves    reward per epoch, text vs U-Net LoRA, on world_alignment and on jpeg_compressibility
@@ -25,8 +26,13 @@ examples:
   texforce experiment curves --seeds 5 -o docs/curves5
   texforce experiment hacking train.num_epochs=30    # key=value overrides (every arm) come right after NAME
   texforce experiment fusion --budget tiny -o /tmp/fusion   # seconds: checks the plumbing, not the claim
+  texforce experiment methods --seeds 5              # the plan's next look: trains and judges seeds 3, 4 only
+  texforce experiment methods --page-only            # the page and verdicts again from docs/methods/runs/
 Training runs are cached in --runs-dir (runs/experiments/BUDGET): experiments sharing an arm train it once, an
-interrupted experiment resumes. The index of all results is written to experiments.md beside the output folder.
+interrupted experiment resumes. What a verdict needs from each seed (per-image scores, metrics.jsonl, fp16
+adapters) is committed under OUTPUT/runs/; a seed recorded there is not trained or judged again. Verdicts follow
+the sequential seed plan (looks at 3, 5, 8, 12, 16 seeds; docs/results/index.md). The index of all results is
+written to experiments.md beside the output folder.
 On one GPU, every experiment at DDPO's budget within a deadline: python -m benchmarks.gpu_suite
 (docs/performance/gpu-suite.md).
 """
@@ -42,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("name", choices=NAMES, metavar="NAME", help=f"one of: {', '.join(NAMES)}")
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every arm (right after NAME)"
+    )
+    parser.add_argument(
+        "--page-only",
+        action="store_true",
+        help="rewrite results.md and the verdicts from the committed per-run records (OUTPUT/runs); train nothing",
     )
     parser.add_argument("--budget", default="full", choices=["full", "tiny"], help="full: the shipped configs")
     parser.add_argument("--seeds", type=int, help="training seeds 0..N-1 (default: 3 for full, 1 for tiny)")
@@ -85,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         ceiling=args.ceiling,
         quiet=not args.verbose,  # the global --verbose also shows each training run's progress
         command=shlex.join(["texforce", "experiment", args.name, *args.overrides, *_given(args)]),
+        page_only=args.page_only,
     )
     print(run_experiment(args.name, settings))
     return 0

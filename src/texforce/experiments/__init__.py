@@ -12,18 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from texforce.experiments import claims, efficiency, main_job, styles, versus
+from texforce.errors import TexforceError
+from texforce.experiments import claims, curves, efficiency, main_job, stacking, styles, versus
 from texforce.experiments.harness import BUDGETS, Budget, Settings, fresh_folder
 from texforce.experiments.page import write_results
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """One claim: its title, the paper's statement, and the function that tests it."""
+    """One claim: its title, the paper's statement, the function that tests it, and the one that writes its page
+    from the committed per-run records alone (None: the experiment keeps no records)."""
 
     title: str
     claim: str
     run: Callable[[Settings], str]
+    page: Callable[[Settings], str] | None = None
 
 
 EXPERIMENTS = {
@@ -39,6 +42,15 @@ EXPERIMENTS = {
         "RL; a text-encoder adapter stacks on a separately trained U-Net adapter without further training and "
         "beats both (SD 1.4, ImageReward: base 0.2154, TexForce 0.4556, ReFL 0.4485, stacked 0.6553).",
         claims.methods,
+        claims.methods_page,
+    ),
+    "stacking": Experiment(
+        "Stacking on a U-Net tuned for another objective",
+        "A text-encoder adapter plugs onto an existing fine-tuned U-Net without further training and each keeps its "
+        "gain: `world_text` (trained on `world_score`) stacked on `world_unet_jpeg` (trained on JPEG "
+        "compressibility), both objectives judged.",
+        stacking.stacking,
+        stacking.stacking_page,
     ),
     "versus": Experiment(
         "TexForce against prompt engineering",
@@ -63,24 +75,36 @@ EXPERIMENTS = {
         "Fusing task adapters by weighted sum",
         "Several task adapters can be fused by a weighted sum and keep their gains.",
         claims.fusion,
+        claims.fusion_page,
     ),
     "curves": Experiment(
         "Learning curves: text-encoder vs U-Net tuning",
         "Text-encoder and U-Net tuning progress differently (the paper's JPEG-compressibility curves).",
-        claims.curves,
+        curves.curves,
+        curves.curves_page,
     ),
     "hacking": Experiment(
         "Reward hacking: a learned reward judged by the exact one",
         "(Implicit in reward fine-tuning) a learned reward can be over-optimised: direct backprop on the world's "
         "learned preference reward (its ImageReward), judged by exact alignment.",
-        claims.hacking,
+        curves.hacking,
+        curves.hacking_page,
     ),
 }
 
 
 def run_experiment(name: str, settings: Settings) -> Path:
-    """Run experiment `name` into `settings.output` (replaced); returns its results.md."""
+    """Run experiment `name` into `settings.output` (replaced, its committed records kept); returns its results.md.
+    With `settings.page_only`, rewrite the page from the records and train and judge nothing."""
     experiment = EXPERIMENTS[name]
+    if settings.page_only:
+        if experiment.page is None:
+            with_records = ", ".join(n for n, e in EXPERIMENTS.items() if e.page)
+            raise TexforceError(
+                f"{name} keeps no per-run records to rewrite its page from; --page-only: {with_records}"
+            )
+        body = experiment.page(settings)
+        return write_results(settings, name, experiment.title, experiment.claim, body, 0.0)
     fresh_folder(settings.output)
     started = time.perf_counter()
     body = experiment.run(settings)

@@ -2,6 +2,8 @@
 
 An arm is a shipped config (`world_text`, …) trained once per seed into `RUNS/<arm>_s<seed>`; a finished run
 of the same resolved config is reused (so `curves` reuses the runs of `methods`), an unfinished one resumed.
+`accumulate` goes further: what a verdict needs from each seed is committed under the page's `runs/` folder
+(`records`), and a seed recorded there is neither trained nor judged again.
 Judging uses `texforce.observe.evaluation.run_eval` on held-out prompts with fixed evaluation seeds. `arm_command`
 is the same training as its own `texforce train` process, so that a scheduler (`benchmarks/gpu_suite.py`) can train
 arms ahead, concurrently, and the experiment then reuses them; `Settings.deadline` stops an experiment before an arm
@@ -15,7 +17,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from texforce.errors import TexforceError
+from texforce.experiments.records import RUNS, Records, load_records, record_evaluation, record_run
 from texforce.experiments.verdicts import Verdict
 from texforce.observe.evaluation import AdapterSetup, Summary, run_eval
 from texforce.run.run_config import RunConfig, load_config
@@ -110,6 +113,8 @@ class Settings:
     trained: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     evaluated: list[int] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)  # filled in: the claims' verdicts, shown first on the page
+    page_only: bool = False  # rewrite the page from the committed records, train and judge nothing
+    reused: list[int] = field(default_factory=list)  # filled in: seeds read from the committed records
 
     @property
     def seeds(self) -> list[int]:
@@ -242,8 +247,54 @@ def machine() -> str:
 
 
 def fresh_folder(path: Path) -> None:
-    """Empty `path` (generated output only) so that a rerun leaves no stale file behind."""
+    """Empty `path` (generated output only) so that a rerun leaves no stale file behind; the committed per-run
+    records (runs/) and the evaluations they were read from (eval_*/, replaced when judged again) stay."""
     if path.exists() and not (path / "results.md").is_file() and any(path.iterdir()):
         raise TexforceError(f"output {path} exists and is not an experiment's folder (no results.md); pick another")
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
+    for child in path.iterdir():
+        if child.is_dir() and (child.name == RUNS or child.name.startswith("eval_")):
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def accumulate(
+    settings: Settings,
+    arms: Mapping[str, tuple[str, Sequence[str]]],
+    labels: Sequence[str],
+    evaluations: Mapping[str, Sequence[str]],
+    rewards: Sequence[str],
+    setups: Callable[[int, Mapping[str, Path]], Sequence[AdapterSetup]],
+    adapters: Sequence[str] = (),
+    config_name: str = "world_text",
+) -> Records:
+    """Train and judge the seeds of `settings` not yet recorded under OUTPUT/runs, record them, return all records.
+
+    `arms`: name → (shipped config, extra overrides), trained per seed; `labels`: the arms judged per seed (`setups`
+    gives their `AdapterSetup`s from that seed's run folders); `evaluations`: name → prompts, judged by `rewards`
+    (none: the arms' per-epoch metrics are all that is recorded); `adapters`: the arms whose LoRA is committed (in
+    fp16) because stacks and fusions combine them. A seed whose scores (or metrics) are committed is skipped."""
+    records = load_records(settings.output)
+    if evaluations:
+        done = set(records.complete_seeds(labels, list(evaluations)))
+    else:
+        done = set.intersection(*(set(records.metrics(arm)) for arm in arms))
+    settings.reused = sorted(done & set(settings.seeds))
+    todo = [seed for seed in settings.seeds if seed not in done]
+    if not todo:
+        return records
+    with phase(settings, "train"):
+        runs = {seed: {arm: train_arm(settings, c, seed, extra) for arm, (c, extra) in arms.items()} for seed in todo}
+    for seed, by_arm in runs.items():
+        for arm, run in by_arm.items():
+            record_run(settings.output, f"{arm}/s{seed}", run, arm in adapters)
+    if not evaluations:
+        return load_records(settings.output)
+    judged = [] if "base" in records.scores else [AdapterSetup("base")]
+    judged += [setup for seed in todo for setup in setups(seed, runs[seed])]
+    with phase(settings, "eval"):
+        for name, prompts in evaluations.items():
+            shutil.rmtree(settings.output / f"eval_{name}", ignore_errors=True)  # recorded in runs/ already
+            evaluate(settings, judged, prompts, rewards, f"eval_{name}", config_name)
+            record_evaluation(settings.output, name)
+    return load_records(settings.output)

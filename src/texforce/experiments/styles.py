@@ -9,6 +9,7 @@ over training seeds, the seed being the unit (`seed_change`).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 
 from texforce.experiments.harness import Settings, evaluate, headline_set, lora, phase, train_arm
@@ -74,6 +75,8 @@ def styles(settings: Settings) -> str:
     setups = [AdapterSetup("base"), *(s for arm in ARMS for s in adapters[arm])]
     ablation_setups = [AdapterSetup("base"), *(s for arm in ABLATIONS for s in adapters[arm])]
     n = len(prompts)
+    for name in ("eval_styles", "eval_ablations", "eval_grid"):  # judged again from the runs: no stale folder
+        shutil.rmtree(settings.output / name, ignore_errors=True)
     with phase(settings, "eval"):
         evaluate(settings, setups, prompts, JUDGES, "eval_styles", "default", seeds, n, list(STYLES))
         evaluate(settings, ablation_setups, prompts, JUDGES[:1], "eval_ablations", "default", seeds, n,

@@ -1,121 +1,250 @@
-"""The verdict a paper claim earns from measured intervals: confirmed, refuted or inconclusive.
+"""The verdict a paper claim earns from paired differences: confirmed, refuted, or undecided at N seeds.
 
-One rule per kind of claim, each built on `stats.compare` (two 95% intervals that do not overlap): a claim is
-confirmed when the intervals show it, refuted when they show the opposite, and inconclusive when they overlap. A
-claim that two things differ is refuted only by an equivalence bound (`EQUIVALENCE`), never by overlap alone.
+Every arm renders the same prompts from the same noises, so a claim is judged on `Contrast`s: per training seed, the
+difference of two arms' means on the same images (against the base model, which has no seed, the adapter's seed
+mean minus base's on the same images). Each contrast gets a t-interval over training seeds at the sequential plan's
+per-look level (`plan.LOOK_LEVEL`, 99%) and answers one of three questions: does the interval exclude 0 (a
+difference), lie inside ±margin (equal within the margin: an equivalence test), or lie above −margin (nothing lost
+beyond the margin: non-inferiority)? The margin is 25% (`EQUIVALENCE`) of the gain the claim is about, stated on
+the page. A verdict is given only at a look of the plan (3, 5, 8, 12, 16 seeds); otherwise the claim is undecided.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from texforce.stats import Estimate, compare
+from texforce.experiments.plan import LOOK_LEVEL, STEPS, undecided_at
+from texforce.stats import Components, Estimate, components, estimate, seeds_needed, std
 
-CONFIRMED, REFUTED, INCONCLUSIVE = "confirmed", "refuted", "inconclusive"
-# Two measurements count as the same when their difference's 95% interval lies within ± this fraction of the larger
-# one's size: the margin an "X and Y differ" claim must clear to be refuted rather than left inconclusive.
-EQUIVALENCE = 0.25
+CONFIRMED, REFUTED, UNDECIDED = "confirmed", "refuted", "undecided"
+EQUIVALENCE = 0.25  # the margin, as a fraction of the gain a claim is about
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One paired difference: its mean per training seed, the margin its rule uses (if any), and the variance
+    components of its per-image differences (None with one seed)."""
+
+    name: str
+    per_seed: Mapping[int, float]
+    margin: float | None = None
+    components: Components | None = None
+
+    @property
+    def interval(self) -> Estimate:
+        return estimate(list(self.per_seed.values()), LOOK_LEVEL)
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.interval.n > 1 and (self.interval.low > 0 or self.interval.high < 0)
+
+    def above(self) -> bool:
+        return self.interval.n > 1 and self.interval.low > 0
+
+    def below(self) -> bool:
+        return self.interval.n > 1 and self.interval.high < 0
+
+    def inside_margin(self) -> bool:
+        """Equal within the margin: the whole interval inside ±margin."""
+        e = self.interval
+        return self.margin is not None and e.n > 1 and -self.margin < e.low and e.high < self.margin
+
+    def outside_margin(self) -> bool:
+        """Shown to differ by more than the margin: the whole interval beyond +margin or beyond −margin."""
+        e = self.interval
+        return self.margin is not None and e.n > 1 and (e.low > self.margin or e.high < -self.margin)
+
+    def not_below_margin(self) -> bool:
+        """Non-inferior: the interval lies above −margin (less than the margin lost)."""
+        return self.margin is not None and self.interval.n > 1 and self.interval.low > -self.margin
+
+    def below_margin(self) -> bool:
+        return self.margin is not None and self.interval.n > 1 and self.interval.high < -self.margin
+
+    @property
+    def needed(self) -> int | None:
+        """Seeds for this contrast's interval to decide at the observed difference and spread (`seeds_needed`)."""
+        values = list(self.per_seed.values())
+        if len(values) < 2:
+            return None
+        return seeds_needed(sum(values) / len(values), std(values), LOOK_LEVEL, self.margin)
+
+    def __str__(self) -> str:
+        e = self.interval
+        shown = f"{self.name} {e.mean:+.4f}"
+        return shown + (f" [{e.low:+.4f}, {e.high:+.4f}]" if e.n > 1 else "")
+
+    def as_dict(self) -> dict:
+        e, c = self.interval, self.components
+        return {
+            "contrast": self.name,
+            "difference": round(e.mean, 6),
+            "low": round(e.low, 6),
+            "high": round(e.high, 6),
+            "level": round(e.level, 4),
+            "seeds": e.n,
+            "per_seed": {str(s): round(v, 6) for s, v in sorted(self.per_seed.items())},
+            "margin": None if self.margin is None else round(self.margin, 6),
+            "shares": None if c is None else {k: round(v, 4) for k, v in c.shares().items()},
+            "needed": self.needed,
+        }
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One claim of the paper, what was measured for it, and the verdict with the reason in plain words."""
+    """One claim of the paper, the contrasts that decide it, and the verdict with the reason in plain words."""
 
     claim: str
     evidence: str
-    outcome: str  # CONFIRMED, REFUTED or INCONCLUSIVE
+    outcome: str  # CONFIRMED, REFUTED or UNDECIDED
     reason: str
+    contrasts: tuple[Contrast, ...] = field(default=())
 
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+    @property
+    def seeds(self) -> int:
+        return min((c.interval.n for c in self.contrasts), default=0)
 
+    @property
+    def needed(self) -> int | None:
+        """The seeds every contrast needs to decide (the largest of theirs); None when one would need beyond 999."""
+        needs = [c.needed for c in self.contrasts]
+        return None if not needs or None in needs else max(needs)
 
-def _directed(a: Estimate, b: Estimate) -> str:
-    """CONFIRMED when `a`'s interval lies above `b`'s, REFUTED when below, else INCONCLUSIVE."""
-    return {"higher": CONFIRMED, "lower": REFUTED}.get(compare(a, b), INCONCLUSIVE)
-
-
-def raises(claim: str, after: Estimate, before: Estimate, evidence: str) -> Verdict:
-    """Claim `after` > `before`: confirmed when its interval is above, refuted when below."""
-    outcome = _directed(after, before)
-    reason = {
-        CONFIRMED: "the interval lies above the comparison",
-        REFUTED: "the interval lies below the comparison",
-        INCONCLUSIVE: "the intervals overlap",
-    }[outcome]
-    return Verdict(claim, evidence, outcome, reason)
-
-
-def beats_each(claim: str, combined: Estimate, singles: Sequence[Estimate], evidence: str) -> Verdict:
-    """Claim `combined` beats each of `singles`: confirmed when above every one, refuted when below the best."""
-    best = max(singles, key=lambda e: e.mean)
-    if all(compare(combined, s) == "higher" for s in singles):
-        return Verdict(claim, evidence, CONFIRMED, "above every single one, intervals apart")
-    if compare(combined, best) == "lower":
-        return Verdict(claim, evidence, REFUTED, "below the better single one, intervals apart")
-    return Verdict(claim, evidence, INCONCLUSIVE, "not clearly above the better single one (intervals overlap)")
+    def as_dict(self) -> dict:
+        return {
+            "claim": self.claim,
+            "evidence": self.evidence,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "seeds": self.seeds,
+            "needed": self.needed,
+            "contrasts": [c.as_dict() for c in self.contrasts],
+        }
 
 
-def better_at_equal_gain(
-    claim: str, gains: tuple[Estimate, Estimate], kept: tuple[Estimate, Estimate], evidence: str
-) -> Verdict:
-    """Claim A keeps more than B at equal gain: judged only when the `gains` (A, B) do not differ; `kept` decides."""
-    if compare(*gains) != "no clear difference":
-        return Verdict(claim, evidence, INCONCLUSIVE, "the two gains differ, so they are not at equal gain")
-    outcome = _directed(*kept)
-    reason = {
-        CONFIRMED: "at equal gain (intervals overlap), the first keeps more, intervals apart",
-        REFUTED: "at equal gain (intervals overlap), the first keeps less, intervals apart",
-        INCONCLUSIVE: "at equal gain (intervals overlap), what each keeps is within the other's interval",
-    }[outcome]
-    return Verdict(claim, evidence, outcome, reason)
+def margin_of(gain: float) -> float:
+    """The equivalence margin of a claim about `gain`: ±25% of its size."""
+    return EQUIVALENCE * abs(gain)
 
 
-def keeps_gains(claim: str, tasks: Sequence[tuple[Estimate, Estimate, Estimate]], evidence: str) -> Verdict:
-    """Claim the combined adapter keeps every task's gain, per task (combined, the task's own adapter, base): refuted
-    when it is clearly below a task's own adapter, confirmed when it is clearly above base and not clearly below
-    the task's adapter on every task."""
-    if any(compare(combined, own) == "lower" for combined, own, _ in tasks):
-        return Verdict(claim, evidence, REFUTED, "below a task's own adapter, intervals apart: part of a gain lost")
-    if all(compare(combined, base) == "higher" for combined, _, base in tasks):
-        return Verdict(claim, evidence, CONFIRMED, "above base on every task and never below a task's own adapter")
-    return Verdict(claim, evidence, INCONCLUSIVE, "not clearly above base on every task (intervals overlap)")
+def _verdict(claim: str, contrasts: Sequence[Contrast], outcome: str, reason: str) -> Verdict:
+    """The verdict, given only at a look of the plan; the evidence lists every contrast with its interval."""
+    contrasts = tuple(contrasts)
+    n = min(c.interval.n for c in contrasts)
+    if outcome != UNDECIDED and n not in STEPS:
+        outcome, reason = UNDECIDED, f"{n} seeds is not a look of the plan ({', '.join(map(str, STEPS))})"
+    if outcome == UNDECIDED:
+        reason = f"{undecided_at(n)}: {reason}"
+    evidence = "; ".join(str(c) for c in contrasts) + f" ({LOOK_LEVEL:.0%} intervals over {n} training seeds)"
+    return Verdict(claim, evidence, outcome, reason, contrasts)
 
 
-def differ(claim: str, pairs: Sequence[tuple[Estimate, Estimate]], evidence: str) -> Verdict:
-    """Claim A and B differ, on several measurements (A, B): confirmed when one pair's intervals are apart,
-    refuted when every pair is equivalent (the difference's interval within ± `EQUIVALENCE` of the larger size),
-    else inconclusive."""
-    if any(compare(a, b) != "no clear difference" for a, b in pairs):
-        return Verdict(claim, evidence, CONFIRMED, "a pair's intervals are apart")
-    if all(_equivalent(a, b) for a, b in pairs):
-        return Verdict(
-            claim, evidence, REFUTED, f"every difference lies within ±{EQUIVALENCE:.0%} of the size measured"
+def raises(claim: str, gain: Contrast) -> Verdict:
+    """Claim an adapter raises a score over base (`gain`: adapter − base per seed)."""
+    if gain.above():
+        return _verdict(claim, [gain], CONFIRMED, "the interval of the gain lies above 0")
+    if gain.below():
+        return _verdict(claim, [gain], REFUTED, "the interval of the gain lies below 0")
+    return _verdict(claim, [gain], UNDECIDED, "the interval of the gain holds 0")
+
+
+def beats_each(claim: str, versus: Sequence[Contrast]) -> Verdict:
+    """Claim a combination beats each single adapter (`versus`: combination − single per seed, each with the margin
+    of the single's gain): refuted when below one, or equal to one within its margin."""
+    if all(c.above() for c in versus):
+        return _verdict(claim, versus, CONFIRMED, "above every single adapter (each interval above 0)")
+    if any(c.below() for c in versus):
+        return _verdict(claim, versus, REFUTED, "below a single adapter (an interval below 0)")
+    if any(c.inside_margin() for c in versus):
+        return _verdict(claim, versus, REFUTED, "equal to a single adapter within ±25% of its gain")
+    return _verdict(claim, versus, UNDECIDED, "an interval holds 0 and reaches beyond the margin")
+
+
+def better_at_equal_gain(claim: str, gains: Contrast, kept: Contrast) -> Verdict:
+    """Claim A keeps more than B at equal gain: `gains` (A − B on the trained objective, margin 25% of the gain)
+    must be equal within its margin; then `kept` (A − B where semantics are judged) decides."""
+    both = [gains, kept]
+    if gains.outside_margin():
+        return _verdict(claim, both, UNDECIDED, "the gains differ beyond the margin: not at equal gain")
+    if not gains.inside_margin():
+        return _verdict(claim, both, UNDECIDED, "equal gain not shown (the gains' interval reaches past ±margin)")
+    if kept.above():
+        return _verdict(claim, both, CONFIRMED, "at equal gain (within ±margin) the first keeps more")
+    if kept.below():
+        return _verdict(claim, both, REFUTED, "at equal gain (within ±margin) the first keeps less")
+    return _verdict(claim, both, UNDECIDED, "at equal gain (within ±margin), what each keeps differs by an interval "
+                    "that holds 0")  # fmt: skip
+
+
+def keeps_gains(claim: str, tasks: Sequence[tuple[Contrast, Contrast]]) -> Verdict:
+    """Claim a combined adapter keeps each task's gain, per task (combined − base, combined − the task's own
+    adapter with the margin of its gain): confirmed when above base on every task and never more than the margin
+    below the task's own adapter; refuted when below base or beyond the margin below the own adapter on a task."""
+    flat = [c for pair in tasks for c in pair]
+    if any(gain.below() or own.below_margin() for gain, own in tasks):
+        return _verdict(claim, flat, REFUTED, "on a task below base, or more than 25% of the task's gain lost")
+    if all(gain.above() and own.not_below_margin() for gain, own in tasks):
+        return _verdict(claim, flat, CONFIRMED, "above base on every task and within 25% of each task's own gain")
+    return _verdict(
+        claim, flat, UNDECIDED, "on a task the gain's interval holds 0 or the loss reaches past the margin"
+    )
+
+
+def differ(claim: str, pairs: Sequence[Contrast]) -> Verdict:
+    """Claim A and B differ, on several paired measurements (A − B, each with a margin): confirmed when one
+    interval excludes 0 without lying inside its margin, refuted when every one lies inside its margin."""
+    if any(c.excludes_zero and not c.inside_margin() for c in pairs):
+        return _verdict(claim, pairs, CONFIRMED, "a difference's interval excludes 0")
+    if all(c.inside_margin() for c in pairs):
+        return _verdict(claim, pairs, REFUTED, "every difference lies within ±25% of the size measured")
+    return _verdict(claim, pairs, UNDECIDED, "an interval holds 0 and reaches beyond its margin")
+
+
+def over_optimised(claim: str, heldout: Contrast, falls: Contrast | None, proxy_after: Contrast | None) -> Verdict:
+    """Claim optimising a learned reward loses the exact one: `heldout` (adapter − base, exact judge, held-out),
+    and when per-epoch metrics exist `falls` (exact judge, last epoch − its peak epoch) and `proxy_after` (the
+    learned reward over the same epochs). Confirmed when held-out the judge ends below base, or after its peak it
+    falls while the learned reward does not; refuted at this budget when held-out the judge rose and no fall is
+    shown."""
+    contrasts = [c for c in (heldout, falls, proxy_after) if c is not None]
+    if heldout.below():
+        return _verdict(claim, contrasts, CONFIRMED, "held-out, the exact judge ends below base")
+    if falls is not None and falls.below() and not (proxy_after is not None and proxy_after.below()):
+        return _verdict(
+            claim, contrasts, CONFIRMED, "after its peak epoch the exact judge falls, the learned does not"
         )
-    return Verdict(claim, evidence, INCONCLUSIVE, "the intervals overlap but are too wide to call them equal")
+    if heldout.above() and (falls is None or not falls.below()):
+        return _verdict(claim, contrasts, REFUTED, "at this budget: held-out, the exact judge rose with the learned "
+                        "one (a longer run could still over-optimise)")  # fmt: skip
+    return _verdict(claim, contrasts, UNDECIDED, "held-out, the exact judge's change holds 0")
 
 
-def _equivalent(a: Estimate, b: Estimate) -> bool:
-    """The 95% interval of `a - b` (half-widths combined in quadrature) lies within ± EQUIVALENCE · max(|a|, |b|)."""
-    half_width = math.hypot(a.ci, b.ci)
-    return abs(a.mean - b.mean) + half_width <= EQUIVALENCE * max(abs(a.mean), abs(b.mean))
+def paired(
+    first: Mapping[int, Mapping[tuple[str, int], float]],
+    second: Mapping[int, Mapping[tuple[str, int], float]] | Mapping[tuple[str, int], float],
+    name: str,
+    margin: float | None = None,
+) -> Contrast:
+    """The contrast `first` − `second` from per-image scores {seed: {(prompt, noise seed): score}}; `second` may be
+    the base model's {(prompt, noise seed): score}, the same for every seed. Seeds judged on both only."""
+    images: dict[int, dict[tuple[str, int], float]] = {}
+    for seed, scores in first.items():
+        other = second if _is_base(second) else second.get(seed)
+        if other is None:
+            continue
+        if scores.keys() != other.keys():
+            raise ValueError(f"{name}: seed {seed}'s two arms were judged on different images")
+        images[seed] = {image: scores[image] - other[image] for image in scores}
+    if not images:
+        raise ValueError(f"{name}: no training seed judged on both arms")
+    per_seed = {seed: math.fsum(diffs.values()) / len(diffs) for seed, diffs in sorted(images.items())}
+    return Contrast(name, per_seed, margin, components(images))
 
 
-def over_optimised(
-    claim: str, proxy: Sequence[Estimate], judge: Sequence[Estimate], heldout: tuple[Estimate, Estimate], evidence: str
-) -> Verdict:
-    """Claim optimising the learned reward (`proxy`, per epoch) loses the exact one (`judge`): confirmed when after the
-    judge's peak epoch it falls (intervals apart) while the proxy does not, or when held-out (after, base) the judge
-    ends clearly below base. A finite run cannot refute it: otherwise inconclusive."""
-    peak = max(range(len(judge)), key=lambda e: judge[e].mean)
-    falls = compare(judge[-1], judge[peak]) == "lower" and compare(proxy[-1], proxy[peak]) != "lower"
-    if falls:
-        return Verdict(claim, evidence, CONFIRMED, f"after epoch {peak + 1} the exact judge falls, intervals apart")
-    if compare(*heldout) == "lower":
-        return Verdict(claim, evidence, CONFIRMED, "held-out, the exact judge ends below base, intervals apart")
-    return Verdict(claim, evidence, INCONCLUSIVE, "not observed at this budget: the exact judge never clearly fell")
+def _is_base(scores: Mapping) -> bool:
+    return bool(scores) and isinstance(next(iter(scores)), tuple)
 
 
 def signed(e: Estimate) -> str:
