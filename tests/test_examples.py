@@ -51,6 +51,7 @@ OPTIONAL = {"wandb"}  # packages examples use that a test machine need not have
 WORK = [  # where commands start their work: loading a model or a reward, or the world's builds (a new one joins)
     "diffusers.StableDiffusionPipeline.from_pretrained",
     "texforce.bases.loading.prepare_pipeline",
+    "texforce.bases.loading.load_pipeline",  # also on the meta device: `eval` checks adapters, `fuse` fuses there
     "texforce.algorithms.policy.prepare_pipeline",
     "texforce.rewards.load_reward",
     "texforce.adapters.conversion.read_adapters",  # `texforce export`: reading the adapter is its work
@@ -214,6 +215,9 @@ SHELL_LINES = shell_lines()
 @pytest.mark.parametrize("where, line", SHELL_LINES, ids=[f"{w}: {c}" for w, c in SHELL_LINES])
 def test_other_shell_lines_are_known_or_parse(where, line):
     if line.startswith(OUTSIDE):
+        return
+    if line.startswith("bash benchmarks/"):  # a prepared script (its dry run is tested in test_gpu_suite)
+        assert (ROOT / line.split()[1]).is_file(), f"{where}: `{line}` names no script"
         return
     match = PARSED.match(line)
     assert match, f"{where}: `{line}` is neither a texforce command, a benchmark nor a known outside tool"

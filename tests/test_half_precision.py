@@ -79,7 +79,7 @@ def test_bf16_ddpo_update_is_on_policy(family, request, tmp_path, monkeypatch):
     algorithm = trainer.algorithm
     trajectory = algorithm.sample(trainer.draw_prompts(generator), trainer.batch_generators(0))
     advantages = torch.linspace(-1, 1, len(trajectory.prompts))
-    stats = algorithm.update(trajectory, advantages, generator)
+    stats = algorithm.update(trajectory, advantages, algorithm.shuffles(len(advantages), generator))
     ratio = torch.cat([torch.exp(new - old) for new, old in pairs])
     assert len(ratio) == len(trajectory.prompts) * trajectory.log_probs.shape[1]  # every sample's every step
     assert (ratio - 1).abs().mean() < 1e-4 and stats["clipfrac"] == 0.0, ((ratio - 1).abs().mean(), stats)
@@ -126,7 +126,8 @@ def test_lora_init_is_the_same_in_half_precision(family, request, tmp_path):
     (was: peft rounded them through the layer's bf16 before they were cast back to fp32)."""
     base, extra = base_of(family, request)
     extra = {**extra, "unet_lora__use": family == "sd"}
-    configs = [load_config(None, tiny_overrides(base, tmp_path, model__half_on_cpu=half, **extra)) for half in (0, 1)]
+    overrides = [tiny_overrides(base, tmp_path, model__half_on_cpu=half, **extra) for half in (False, True)]
+    configs = [load_config(None, o) for o in overrides]
     policies = [Policy(config, torch.device("cpu")) for config in configs]
     assert [p.denoiser.dtype for p in policies] == [torch.float32, torch.bfloat16]
     fp32, bf16 = (p.trainable for p in policies)
