@@ -92,3 +92,28 @@ def test_the_run_judges_held_out_prompts_in_each_style_of_eval_styles(tiny_model
     pattern = r"held-out prompts written \{prompt\}, highly detailed \(2 × 1 seeds\): jpeg_compressibility .*"
     assert any(re.fullmatch(pattern, line) for line in lines), lines
     assert (tmp_path / "run" / "samples" / "eval_after_heldout_prompt_highly_detailed.png").is_file()
+
+
+def test_fuse_keeps_fp32_adapters_of_a_bf16_base(tiny_model_dir, tmp_path):
+    """`fuse` builds the base on the meta device; a base saved in bf16 must not round the adapters through bf16."""
+    from safetensors.torch import load_file
+
+    from texforce.adapters.files import fuse_adapter_files
+
+    base = tmp_path / "bf16"
+    load_pipeline(str(tiny_model_dir)).to(dtype=torch.bfloat16).save_pretrained(base)
+    adapters = []
+    for seed in (0, 1):
+        pipe = load_pipeline(str(tiny_model_dir))
+        add_lora(pipe.text_encoder, LoraConfig(rank=4, alpha=4), seed=seed)
+        with torch.no_grad():
+            for name, param in pipe.text_encoder.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed))
+        save_adapters(tmp_path / f"a{seed}", {"text_encoder": pipe.text_encoder}, str(base))
+        adapters.append(tmp_path / f"a{seed}")
+    fused = load_file(
+        fuse_adapter_files(str(base), adapters, [0.5, 0.5], tmp_path / "fused") / "pytorch_lora_weights.safetensors"
+    )
+    assert fused and all(t.dtype == torch.float32 for t in fused.values())
+    assert any(not torch.equal(t, t.to(torch.bfloat16).float()) for t in fused.values())  # not rounded through bf16

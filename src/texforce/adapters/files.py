@@ -311,6 +311,7 @@ def fuse_adapter_files(base: str, adapters: Sequence[str | Path], weights: Seque
 
     pipe = load_pipeline(base, meta=True)
     for encoder in text_encoders(pipe).values():
+        encoder.to(dtype=torch.float32)  # a bf16 checkpoint's config builds bf16 layers: the adapters would round
         encoder.to_empty(device="cpu")
     names = [f"adapter{i}" for i in range(len(adapters))]
     covered = [load_text_adapters(pipe, adapter, name, base) for name, adapter in zip(names, adapters, strict=True)]
