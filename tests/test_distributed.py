@@ -25,11 +25,11 @@ TOLERANCE = 1e-3  # a tenth of one AdamW step at lr 1e-2; a wrong split or a mis
 # gradient is float noise that AdamW scales up to lr-sized steps), 3e-5 (U-Net), after 2 epochs
 EVAL = {"eval__num_prompts": 3, "eval__num_seeds": 1}  # 3 images per split: process 0 renders 2 of them, process 1 one
 AFTER_RUN = "process group initialised after the run:"
-LAUNCHER = f"""import sys
+LAUNCHER = f"""import os, sys
 import torch.distributed as dist
 from texforce.cli.main import main
 code = main(sys.argv[1:])
-print("{AFTER_RUN}", dist.is_initialized(), file=sys.stderr)
+os.write(2, f"{AFTER_RUN} {{dist.is_initialized()}}\\n".encode())  # one write: the two processes' lines stay whole
 sys.exit(code)
 """
 
