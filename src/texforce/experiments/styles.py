@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from texforce.experiments.harness import Settings, evaluate, headline_set, lora, phase, train_arm
 from texforce.experiments.main_job import timed_train
 from texforce.experiments.page import prompt_list, table
-from texforce.observe.evaluation import AdapterSetup, read_rows
+from texforce.experiments.verdicts import paired
+from texforce.observe.evaluation import AdapterSetup, images_by_setup, read_rows
 from texforce.prompts.styles import STYLES
 from texforce.stats import Estimate, estimate
 
@@ -37,22 +38,15 @@ MARGIN = 0.02  # "never below an engineered prompt": the seed interval's lower e
 
 def seed_change(rows: Sequence[dict], labels: Sequence[str], style: str, judge: str, base: str = "base") -> Estimate:
     """The change of the configurations `labels` (one per training seed) against `base` in `style`, judged by
-    `judge`: per seed the mean over images of (configuration − base) on the same prompt and seed, then the mean ±
-    95% t-interval over training seeds."""
-    scores: dict[str, dict[tuple[str, int], float]] = {}
-    for r in rows:
-        if r["style"] == style and r["reward"] == judge:
-            scores.setdefault(r["config"], {})[(r["prompt"], r["seed"])] = r["score"]
-    reference = scores[base]
-    per_seed = []
-    for label in labels:
-        mine = scores[label]
-        per_seed.append(sum(mine[key] - reference[key] for key in mine) / len(mine))
-    return estimate(per_seed)
+    `judge`: per seed the mean over images of (configuration − base) on the same prompt and seed (`paired`), then
+    the mean ± 95% t-interval over training seeds."""
+    scores = images_by_setup(rows)
+    by_seed = {seed: scores[(label, style, judge)] for seed, label in enumerate(labels)}
+    return estimate(list(paired(by_seed, scores[(base, style, judge)], f"{style} change").per_seed.values()))
 
 
 def base_mean(rows: Sequence[dict], style: str, judge: str, base: str = "base") -> float:
-    values = [r["score"] for r in rows if (r["config"], r["style"], r["reward"]) == (base, style, judge)]
+    values = images_by_setup(rows)[(base, style, judge)].values()
     return sum(values) / len(values)
 
 
@@ -83,11 +77,14 @@ def styles(settings: Settings) -> str:
                  list(ABLATION_STYLES))  # fmt: skip
         grid = [AdapterSetup("base"), AdapterSetup("default/s0", text=lora(runs["default"][0]))]
         evaluate(settings, grid, prompts[::8], JUDGES[:1], "eval_grid", "default", seeds[:1], 8, STYLES_SHOWN)
-    return style_section(settings, labels, seeds, prompts) + ablation_section(settings, labels)
-
-
-def style_section(settings: Settings, labels: dict[str, list[str]], seeds: list[int], prompts: list[str]) -> str:
     rows = read_rows(settings.output / "eval_styles")
+    ablations = rows + read_rows(settings.output / "eval_ablations")  # the same base, prompts and noises
+    return style_section(settings, rows, labels, seeds, prompts) + ablation_section(ablations, labels)
+
+
+def style_section(
+    settings: Settings, rows: list[dict], labels: dict[str, list[str]], seeds: list[int], prompts: list[str]
+) -> str:
     gap = base_mean(rows, "engineered", JUDGES[0]) - base_mean(rows, "plain", JUDGES[0])
     table_rows = []
     for style in STYLES:
@@ -134,8 +131,7 @@ def style_section(settings: Settings, labels: dict[str, list[str]], seeds: list[
     return body
 
 
-def ablation_section(settings: Settings, labels: dict[str, list[str]]) -> str:
-    rows = read_rows(settings.output / "eval_styles") + read_rows(settings.output / "eval_ablations")  # same base
+def ablation_section(rows: list[dict], labels: dict[str, list[str]]) -> str:
     table_rows = []
     for arm, what in [("default", "the default as shipped"), *((tag, d) for tag, (_, d) in ABLATIONS.items())]:
         table_rows.append([arm, what, *(seed_change(rows, labels[arm], s, JUDGES[0]) for s in ABLATION_STYLES)])

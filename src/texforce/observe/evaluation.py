@@ -109,11 +109,17 @@ def read_rows(folder: Path) -> list[dict]:
         ]
 
 
-def paired_changes(rows: Sequence[dict], baseline: str = "base") -> list[Change]:
-    """Every other configuration's `Change` against `baseline`, per style and reward (empty without a baseline)."""
-    scores: dict[tuple, dict[tuple[str, int], float]] = {}
+def images_by_setup(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict[tuple[str, int], float]]:
+    """Scores by (configuration, style, reward), then by image (prompt, noise seed): what pairing matches on."""
+    scores: dict[tuple[str, str, str], dict[tuple[str, int], float]] = {}
     for r in rows:
         scores.setdefault((r["config"], r["style"], r["reward"]), {})[(r["prompt"], r["seed"])] = r["score"]
+    return scores
+
+
+def paired_changes(rows: Sequence[dict], baseline: str = "base") -> list[Change]:
+    """Every other configuration's `Change` against `baseline`, per style and reward (empty without a baseline)."""
+    scores = images_by_setup(rows)
     changes = []
     for (setup, style, reward), mine in scores.items():
         base = scores.get((baseline, style, reward))

@@ -207,11 +207,10 @@ def _lookup(table: dict, word: str | None):
     return None if word is None else next(k for k, options in table.items() if word in options)
 
 
-_PREFIX_RE = re.compile(
-    r"^(?:(?:a|an) (?:photo|drawing|image|picture|render|sketch) of |an illustration of |a scene showing "
-    r"|a diagram with )"
-)
-_SUFFIX_RE = re.compile(r" (?:on a (?:plain|white) background|and nothing else|drawn simply)$")
+_PARAPHRASE_PREFIXES = "|".join(re.escape(p) for p in PARAPHRASE_PREFIXES)
+_PARAPHRASE_SUFFIXES = "|".join(re.escape(s.strip()) for s in PARAPHRASE_SUFFIXES)
+_PREFIX_RE = re.compile(rf"^(?:(?:a|an) (?:photo|drawing|image|picture|render|sketch) of |{_PARAPHRASE_PREFIXES})")
+_SUFFIX_RE = re.compile(rf" (?:on a (?:plain|white) background|{_PARAPHRASE_SUFFIXES})$")
 _TAGS = "|".join(sorted(QUALITY_TAGS, key=len, reverse=True))
 _LEADING_TAGS_RE = re.compile(rf"^(?:(?:{_TAGS}) )+")
 _TRAILING_TAGS_RE = re.compile(rf"(?: (?:{_TAGS}))+$")
