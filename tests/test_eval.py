@@ -70,6 +70,21 @@ def test_eval_is_reproducible(tiny_model_dir, tmp_path):
     assert (tmp_path / "a" / "results.csv").read_text() == (tmp_path / "b" / "results.csv").read_text()
 
 
+def test_the_grid_can_show_the_first_prompts_only(tiny_model_dir, tmp_path):
+    from texforce.observe.evaluation import AdapterSetup, run_eval
+
+    args = {"device": torch.device("cpu"), "dtype": "float32", "steps": 2, "guidance_scale": 5.0,
+            "max_sequence_length": None, "batch_size": 8}  # fmt: skip
+    prompts = ["A photo of a rabbit", "A photo of a deer", "A photo of a cat"]
+    out = tmp_path / "eval"
+    run_eval(str(tiny_model_dir), [AdapterSetup("base")], prompts, [0, 1], ["jpeg_compressibility"], out, args,
+             ("plain", "engineered"), grid_prompts=2)  # fmt: skip
+    with open(out / "results.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 2 * 3 * 2  # every image is judged: styles × prompts × seeds
+    grid = Image.open(out / "grid.png")  # one row per style, the first two prompts
+    assert grid.width == 2 * MIN_CAPTIONED_SIDE and len(grid.text["Description"].splitlines()) == 2 * 2
+
+
 def test_summary_confidence_interval():
     rows = [{"config": "c", "reward": "r", "score": s} for s in (1.0, 2.0, 3.0, 4.0)]
     (s,) = summarise(rows, ["c"], ["r"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,27 +188,36 @@ def test_hacking(docs, tiny_model_dir):
     index = (folder.parent / "experiments.md").read_text()
     assert all(f"[{name}]({name}/results.md)" in index for name in ("methods", "curves", "fusion", "hacking"))
     assert json.loads((folder / "meta.json").read_text())["budget"] == "tiny"
+    s1 = folder / "runs" / "text" / "s1"
+    shutil.copytree(folder / "runs" / "text" / "s0", s1)
+    (s1 / "metrics.jsonl").unlink()  # a seed judged before per-run records: scores only
+    argv = ["experiment", "hacking", "--page-only", "--budget", "tiny", "--proxy", "world_clipscore", "-o"]
+    assert main([*argv, str(folder)]) == 0
+    text = (folder / "results.md").read_text()
+    assert "committed for seeds 0 of 0, 1" in text and len(_rows(text, "epoch")) == 1
+    assert len(_verdicts(folder, text, 1)[0]["contrasts"]) == 1  # one seed's curves do not decide
 
 
-def test_versus_table(docs, tiny_model_dir, tmp_path):
-    ceiling = tmp_path / "ceiling.json"
-    chosen = {"tags": ["clean", "sharp"], "position": "prefix", "careful": True, "name": "x"}
-    ceiling.write_text(json.dumps({"chosen": {"prompt-engineered": chosen}}))
-    folder, text = _run("versus", docs, tiny_model_dir, "--ceiling", str(ceiling))
-    rows = _rows(text, "model / prompts")
-    assert [r[0].split(" ")[0] for r in rows] == ["base", "prompt-engineered", "TexForce:", "TexForce:", "U-Net",
-                                                  "text"]  # fmt: skip
-    assert "careful phrasing + clean, sharp (prefix)" in rows[1][0]
-    assert all(re.fullmatch(NUMBER, cell) for r in rows for cell in r[1:])
-    assert len(_rows(text, "comparison (`world_score`)")) == 5
-    engineered = (folder / "eval_engineered" / "results.csv").read_text()
-    assert "clean, sharp, exactly" in engineered and (folder / "eval_plain" / "grid.png").is_file()
+def test_versus_table(docs, tiny_model_dir):
+    from texforce.experiments.versus import ROWS, STYLES_JUDGED
+
+    folder, text = _run("versus", docs, tiny_model_dir)
+    rows = _rows(text, "model")
+    assert [(r[0], r[1]) for r in rows] == [(label, f"`{s}`") for s in STYLES_JUDGED for label in ROWS.values()]
+    assert all(re.fullmatch(NUMBER, cell) for r in rows for cell in r[2:5])
+    assert rows[0][5:] == ["—", "—"] and re.fullmatch(r"[+-]\d\.\d{4}", rows[len(ROWS)][5])  # tags' own gain
+    assert all(re.fullmatch(r"[+-]\d\.\d{4}", cell) for r in rows if r[0] != ROWS["base"] for cell in r[5:])
+    _verdicts(folder, text, 7)
+    styled = (folder / "eval_styles" / "results.csv").read_text()
+    assert ",engineered," in styled and (folder / "eval_styles" / "grid.png").is_file()
 
 
-def test_versus_needs_the_ceiling(tmp_path, capsys):
-    argv = ["experiment", "versus", "--budget", "tiny", "-o", str(tmp_path / "o"), "--ceiling", str(tmp_path / "no")]
-    assert main(argv) == 2
-    assert "run `texforce world ceiling` first" in capsys.readouterr().err
+def test_the_engineered_style_is_the_ceilings_choice():
+    from texforce.prompts.styles import ENGINEERED_TAGS
+
+    record = json.loads((Path(__file__).parents[1] / "docs" / "world" / "ceiling.json").read_text())
+    chosen = record["chosen"]["prompt-engineered"]
+    assert (tuple(chosen["tags"]), chosen["position"], chosen["careful"]) == (ENGINEERED_TAGS, "prefix", False)
 
 
 def test_main_job_per_family(docs, tiny_model_dir):
@@ -216,6 +227,8 @@ def test_main_job_per_family(docs, tiny_model_dir):
     assert {r[1] for r in rows} == {"`world_score`", "`world_alignment`", "`world_quality`"}
     seed_row = _rows(text, "run")[0]
     assert seed_row[0] == "text/s0" and float(seed_row[1]) > 0 and seed_row[3] in ("yes", "**no**")
+    folder, again = _run("default", docs, tiny_model_dir)  # run again into its own folder: judged again, not refused
+    assert _rows(again, "family") == rows and (folder / "eval_heldout" / "grid.png").is_file()
 
 
 def test_efficiency_curves(docs, tiny_model_dir):
@@ -264,6 +277,18 @@ def test_experiment_refuses_to_replace_a_foreign_folder(tmp_path, capsys):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+def test_an_interrupted_experiment_leaves_a_folder_the_next_run_takes(tmp_path):
+    from texforce.experiments import fresh_folder
+
+    folder = tmp_path / "page"
+    (folder / "eval_x").mkdir(parents=True)
+    for name in ("results.md", "meta.json", "curve.svg"):
+        (folder / name).write_text(name)
+    fresh_folder(folder)  # a run starts, then is killed before it writes its page
+    assert sorted(p.name for p in folder.iterdir()) == ["eval_x", "meta.json", "results.md"]
+    fresh_folder(folder)  # the next run is not refused
+
+
 def test_an_arm_that_would_end_after_the_deadline_is_not_started(tmp_path):
     settings = Settings(BUDGETS["tiny"], tmp_path / "out", tmp_path / "runs", 1, deadline=time.time() + 5)
     settings.arm_seconds = 60.0
@@ -281,7 +306,7 @@ def test_arm_command_is_the_arms_training_as_a_process(tmp_path):
 
 
 def test_styles_judges_every_style_and_the_ablations(docs, tiny_model_dir):
-    from texforce.experiments.styles import ABLATIONS, ARMS
+    from texforce.experiments.styles import ABLATIONS, ARMS, FLOW_ARMS
     from texforce.observe.evaluation import read_rows
     from texforce.prompts.styles import STYLES
 
@@ -291,8 +316,13 @@ def test_styles_judges_every_style_and_the_ablations(docs, tiny_model_dir):
     assert len(_rows(text, "adapter")) == 5 * len(ARMS)  # the issue's bars, per adapter
     rows = read_rows(folder / "eval_styles")
     assert {r["style"] for r in rows} == set(STYLES)
-    assert {r["config"] for r in rows} == {"base", "default/s0"}
+    assert {r["config"] for r in rows} == {"base", *(f"{arm}/s0" for arm in ARMS)}
     assert (folder / "eval_grid" / "grid.png").is_file()
+    flow = read_rows(folder / "eval_flow_styles")  # the flow adapters, against their own base
+    assert {r["config"] for r in flow} == {"base", *(f"{arm}/s0" for arm in FLOW_ARMS)}
+    assert {r["style"] for r in flow} == set(STYLES)
+    assert "## texforce/world-flow: the same styles" in text
+    assert f"| evaluation | `eval_styles` 4 prompts in {len(STYLES)} styles × seeds " in text  # what it rendered
 
 
 def test_seed_change_pairs_images_and_takes_the_training_seed_as_unit():
@@ -337,7 +367,7 @@ def test_a_run_another_process_is_training_is_waited_for_and_reused(tmp_path):
 
 def test_accumulate_judges_only_the_seeds_not_recorded(tmp_path, monkeypatch):
     """The resume logic alone, without a model: seeds 0 and 1 are recorded, so only seed 2 is trained and judged,
-    into an evaluation folder that a previous run left behind (`run_eval` refuses to write over one)."""
+    into an evaluation folder that a previous run left behind (`evaluate` replaces it: test_main_job_per_family)."""
     settings = Settings(BUDGETS["tiny"], tmp_path / "out", tmp_path / "runs", 3)
     trained, judged = [], []
 
@@ -350,7 +380,7 @@ def test_accumulate_judges_only_the_seeds_not_recorded(tmp_path, monkeypatch):
 
     def fake_evaluate(settings, setups, prompts, rewards, name, config_name):
         folder = settings.output / name
-        assert not folder.exists(), "run_eval refuses an existing output folder"
+        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         judged.append([s.label for s in setups])
         lines = [f"{s.label},{p},1000,{rewards[0]},{0.5 + 0.01 * len(s.label)}" for s in setups for p in prompts]

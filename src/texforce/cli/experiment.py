@@ -15,7 +15,7 @@ EPILOG = """experiments:
   methods   base · text LoRA · U-Net LoRA · both stacked · joint, on held-out prompts (+ semantics on `single`)
   stacking  the text adapter (world_score) on a U-Net adapter tuned for JPEG compressibility, both judged
   versus    base · prompt-engineered · TexForce-DDPO · TexForce-backprop · U-Net LoRA · stacked, one table
-  styles    the default run judged in every prompt style (plain, engineered, paraphrase, …), and its ablations
+  styles    the default run, world_ddpo and world_flow judged in every prompt style (plain, engineered, …); ablations
   efficiency  held-out world_score against samples seen, DDPO vs direct backprop: samples each needs for +0.10
   fusion    a counting and a relations text adapter fused by weighted sum, judged on each task
   curves    reward per epoch, text vs U-Net LoRA, on world_alignment and on jpeg_compressibility
@@ -61,12 +61,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="base model of every arm and of the evaluation (default: the arms')")
     parser.add_argument("--judge", default="world_score", help="the reward that judges")
     parser.add_argument("--proxy", default="world_preference", help="hacking: the learned reward trained on")
-    parser.add_argument(
-        "--ceiling",
-        type=Path,
-        default=Path("docs/world/ceiling.json"),
-        help="versus: the `texforce world ceiling` record whose prompt-engineered variant is compared",
-    )
     parser.set_defaults(func=run)
 
 
@@ -78,9 +72,6 @@ def run(args: argparse.Namespace) -> int:
     num_seeds = args.seeds if args.seeds is not None else budget.num_seeds
     if num_seeds < 1:
         raise TexforceError(f"--seeds must be >= 1, got {num_seeds}")
-    if args.name == "versus" and not args.ceiling.is_file():
-        raise TexforceError(f"versus compares with the ceiling's prompt engineering: {args.ceiling} is missing; "
-                            "run `texforce world ceiling` first or pass --ceiling")  # fmt: skip
     for spec in (args.judge, args.proxy):
         if parse_reward_spec(spec) != [(spec, 1.0)]:
             raise TexforceError(f"--judge and --proxy take one reward name, no weight, got {spec!r}")
@@ -93,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         judge=args.judge,
         proxy=args.proxy,
-        ceiling=args.ceiling,
         quiet=not args.verbose,  # the global --verbose also shows each training run's progress
         command=shlex.join(["texforce", "experiment", args.name, *args.overrides, *_given(args)]),
         page_only=args.page_only,
@@ -113,7 +103,6 @@ def _given(args: argparse.Namespace) -> list[str]:
         ("--model", args.model, None),
         ("--judge", args.judge, "world_score"),
         ("--proxy", args.proxy, "world_preference"),
-        ("--ceiling", args.ceiling, Path("docs/world/ceiling.json")),
     ):
         if value != default:
             options += [flag, str(value)]

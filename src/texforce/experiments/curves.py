@@ -114,8 +114,9 @@ def hacking_page(settings: Settings) -> str:
     body = "## Per epoch, training samples\n\n"
     curves = {r: series(records, "text", f"reward/{r}_mean") for r in (proxy, judge)}
     falls = proxy_after = None
-    if set(curves[judge]) >= set(seeds) and seeds:
-        epochs = {r: per_epoch({s: curves[r][s] for s in seeds}) for r in (proxy, judge)}
+    recorded = sorted(set(curves[judge]) & set(seeds))  # seeds run before per-run records have no curves
+    if recorded:
+        epochs = {r: per_epoch({s: curves[r][s] for s in recorded}) for r in (proxy, judge)}
         for name, r, title in (("proxy", proxy, "learned {} (trained on)"), ("judge", judge, "exact {} (judge)")):
             (settings.output / f"curve_{name}.svg").write_text(_chart(title.format(r), {r: epochs[r]}))
         body += (
@@ -125,11 +126,18 @@ def hacking_page(settings: Settings) -> str:
         )
         rows = [[e + 1, p, j] for e, (p, j) in enumerate(zip(epochs[proxy], epochs[judge], strict=True))]
         body += table(["epoch", f"learned `{proxy}` (trained on)", f"exact `{judge}` (not trained on)"], rows)
-        peak = max(range(len(epochs[judge])), key=lambda e: epochs[judge][e].mean)
-        falls = Contrast(f"exact `{judge}`, last epoch − epoch {peak + 1} (its peak)",
-                         {s: curves[judge][s][-1] - curves[judge][s][peak] for s in seeds})  # fmt: skip
-        proxy_after = Contrast(f"learned `{proxy}`, last epoch − epoch {peak + 1}",
-                               {s: curves[proxy][s][-1] - curves[proxy][s][peak] for s in seeds})  # fmt: skip
+        if recorded == seeds:
+            peak = max(range(len(epochs[judge])), key=lambda e: epochs[judge][e].mean)
+            falls = Contrast(f"exact `{judge}`, last epoch − epoch {peak + 1} (its peak)",
+                             {s: curves[judge][s][-1] - curves[judge][s][peak] for s in seeds})  # fmt: skip
+            proxy_after = Contrast(f"learned `{proxy}`, last epoch − epoch {peak + 1}",
+                                   {s: curves[proxy][s][-1] - curves[proxy][s][peak] for s in seeds})  # fmt: skip
+        else:
+            body += (
+                f"\nPer-epoch metrics are committed for seeds {', '.join(map(str, recorded))} of "
+                f"{', '.join(map(str, seeds))} (the others ran before runs were recorded): the curves are theirs, "
+                "and the held-out judging decides.\n"
+            )
     else:
         body += "The per-epoch metrics.jsonl of these seeds were never committed; the held-out judging decides.\n"
     body += "\n## Held-out prompts, after training\n\n"

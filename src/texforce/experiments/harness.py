@@ -101,7 +101,6 @@ class Settings:
     overrides: tuple[str, ...] = ()  # key=value applied to every arm
     judge: str = "world_score"
     proxy: str = "world_preference"  # the learned reward of `hacking`
-    ceiling: Path = Path("docs/world/ceiling.json")  # `versus`: the record of `texforce world ceiling`
     quiet: bool = True
     command: str = ""
     deadline: float | None = None  # time.time() by which training must end; an arm that would not is not started
@@ -112,6 +111,7 @@ class Settings:
     arms: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     trained: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     evaluated: list[int] = field(default_factory=list)
+    judged_on: list[str] = field(default_factory=list)  # filled in: what each `evaluate` rendered, for the page
     verdicts: list[Verdict] = field(default_factory=list)  # filled in: the claims' verdicts, shown first on the page
     page_only: bool = False  # rewrite the page from the committed records, train and judge nothing
     reused: list[int] = field(default_factory=list)  # filled in: seeds read from the committed records
@@ -191,10 +191,12 @@ def evaluate(
     seeds: Sequence[int] | None = None,
     num_prompts: int | None = None,
     styles: Sequence[str] = ("plain",),
+    grid_prompts: int | None = None,
 ) -> dict[tuple[str, str], Summary]:
     """Render `setups` on `prompts` (the first `num_prompts`, default the budget's) in each prompt style × the
-    evaluation seeds (default: the budget's) with the sampler of `config_name` into OUTPUT/`name`; the plain
-    style's summaries by (setup, reward) (every style's rows: `observe.evaluation.read_rows`)."""
+    evaluation seeds (default: the budget's) with the sampler of `config_name` into OUTPUT/`name` (replaced), its grid
+    the first `grid_prompts` prompts (default all); the plain style's summaries by (setup, reward) (every style's rows:
+    `observe.evaluation.read_rows`)."""
     from texforce.bases.loading import resolve_device
     from texforce.run.defaults import batch_size_for
 
@@ -210,7 +212,12 @@ def evaluate(
     prompts = list(prompts)[: num_prompts or settings.budget.num_eval_prompts]
     seeds = list(seeds or settings.eval_seeds)
     settings.evaluated.append(len(setups))
-    summaries = run_eval(config.model.base, setups, prompts, seeds, rewards, settings.output / name, options, styles)
+    shown = f"{seeds[0]}…{seeds[-1]}" if len(seeds) > 2 else ", ".join(map(str, seeds))
+    written = "" if list(styles) == ["plain"] else f" in {len(styles)} styles"
+    settings.judged_on.append(f"`{name}` {len(prompts)} prompts{written} × seeds {shown}")
+    output = settings.output / name
+    shutil.rmtree(output, ignore_errors=True)  # judged again: the earlier judging is replaced, not mixed in
+    summaries = run_eval(config.model.base, setups, prompts, seeds, rewards, output, options, styles, grid_prompts)
     return {(s.setup, s.reward): s for s in summaries if s.style == "plain"}
 
 
@@ -248,12 +255,15 @@ def machine() -> str:
 
 def fresh_folder(path: Path) -> None:
     """Empty `path` (generated output only) so that a rerun leaves no stale file behind; the committed per-run
-    records (runs/) and the evaluations they were read from (eval_*/, replaced when judged again) stay."""
+    records (runs/), the evaluations they were read from (eval_*/, replaced when judged again) and the page with its
+    meta.json (replaced whole when the run ends) stay: an interrupted run leaves a folder the next run recognises."""
     if path.exists() and not (path / "results.md").is_file() and any(path.iterdir()):
         raise TexforceError(f"output {path} exists and is not an experiment's folder (no results.md); pick another")
     path.mkdir(parents=True, exist_ok=True)
     for child in path.iterdir():
         if child.is_dir() and (child.name == RUNS or child.name.startswith("eval_")):
+            continue
+        if child.name in ("results.md", "meta.json"):
             continue
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
@@ -294,7 +304,6 @@ def accumulate(
     judged += [setup for seed in todo for setup in setups(seed, runs[seed])]
     with phase(settings, "eval"):
         for name, prompts in evaluations.items():
-            shutil.rmtree(settings.output / f"eval_{name}", ignore_errors=True)  # recorded in runs/ already
             evaluate(settings, judged, prompts, rewards, f"eval_{name}", config_name)
             record_evaluation(settings.output, name)
     return load_records(settings.output)

@@ -77,6 +77,23 @@ def prompt_list(prompts: Sequence[str], limit: int = 6) -> str:
     return shown + (f"; … ({len(prompts)} in all)" if len(prompts) > limit else f" ({len(prompts)} in all)")
 
 
+def evaluation(settings: Settings, ran: dict[str, str]) -> str:
+    """What the run judged: each evaluation it rendered; else (every seed read from the records) the previous
+    page's row; else the budget's default."""
+    b = settings.budget
+    if settings.judged_on:
+        return "; ".join(settings.judged_on) + f"; {b.eval_steps} DDIM steps (eta 0)"
+    if (
+        "evaluation" not in ran
+        and (settings.output / "results.md").is_file()
+        and (settings.output / "meta.json").is_file()
+    ):
+        ran = previous_run(settings.output)
+    seeds = ", ".join(map(str, settings.eval_seeds))
+    default = f"{b.num_eval_prompts} prompts max × seeds {seeds}, {b.eval_steps} DDIM steps (eta 0)"
+    return ran.get("evaluation", default)
+
+
 def previous_run(output: Path) -> dict[str, str]:
     """The header rows of the page at OUTPUT (command, evaluation, wall time, machine, date, …) and its meta.json:
     a page rewritten from its records keeps the run that measured them."""
@@ -112,8 +129,7 @@ def write_results(settings: Settings, name: str, title: str, claim: str, body: s
         f"| command | {ran.get('command', f'`{settings.command}`')} |",
         f"| budget | `{b.name}`{' (plumbing check only: numbers mean nothing)' if b.name == 'tiny' else ''} |",
         f"| training seeds | {', '.join(map(str, seeds))}{reused} |",
-        f"| evaluation | {b.num_eval_prompts} prompts max × seeds {', '.join(map(str, settings.eval_seeds))}, "
-        f"{b.eval_steps} DDIM steps (eta 0) |",
+        f"| evaluation | {evaluation(settings, ran)} |",
         f"| judge | `{settings.judge}` |",
         f"| runs | `{settings.runs_dir}`; what each seed's verdict needs: `runs/` beside this page |",
         f"| wall time | {ran.get('wall time', f'{seconds:.0f} s ({phases}; {cached})')} |",

@@ -1,46 +1,45 @@
-"""TexForce against prompt engineering, as TextCraftor reports it on SD: one table on the same held-out plain prompts
-and seeds — base, prompt-engineered, TexForce-DDPO, TexForce-backprop, U-Net LoRA, and the text + U-Net adapters
-stacked without further training — with `world_score`, alignment and quality columns.
+"""TexForce against prompt engineering, as TextCraftor reports it on SD: one table on the same held-out prompts and
+noises — base, TexForce-DDPO, TexForce-backprop, U-Net LoRA, and the text + U-Net adapters stacked without further
+training — each given the plain prompts and the prompt-engineered ones (the `engineered` style: the variant
+`texforce world ceiling` chose on training prompts), with `world_score`, alignment and quality columns.
 
-The prompt-engineered row is the base model given the prompts rewritten by the variant the ceiling chose on
-training prompts (`world/headroom/prompt_engineering.py`;
-`docs/world/ceiling.json`); the tuned rows get the plain prompts.
+Every comparison is paired: per training seed, the mean over images of (row − reference) on the same prompt and
+noise, then an interval over training seeds (`verdicts.paired`). The verdicts answer the questions a user asks:
+does the adapter raise plain prompts, does it reach prompt engineering without the tags, and does it add to them?
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from collections.abc import Mapping
 
-from texforce.experiments.harness import Settings, across_seeds, evaluate, headline_set, lora, phase, train_arm
+from texforce.experiments.harness import Settings, evaluate, headline_set, lora, phase, train_arm
 from texforce.experiments.main_job import timed_train
 from texforce.experiments.page import prompt_list, table
-from texforce.observe.evaluation import AdapterSetup
-from texforce.stats import compare
-from texforce.world.headroom.prompt_engineering import PromptVariant
+from texforce.experiments.verdicts import Contrast, beats_each, margin_of, paired, raises, signed
+from texforce.observe.evaluation import AdapterSetup, images_by_setup, read_rows
+from texforce.stats import estimate
 
 JUDGES = ("world_score", "world_alignment", "world_quality")
 ARMS = {"backprop": "world_backprop", "unet": "world_unet"}  # and DDPO: `texforce train world_ddpo`, timed
-
-
-def engineered_variant(record_path: Path) -> PromptVariant:
-    """The prompt-engineered variant the ceiling chose on training prompts."""
-    chosen = json.loads(record_path.read_text())["chosen"]["prompt-engineered"]
-    return PromptVariant(tuple(chosen["tags"]), chosen["position"], chosen["careful"])
+ROWS = {
+    "base": "base model",
+    "ddpo": "TexForce: text-encoder LoRA, DDPO (`world_ddpo`)",
+    "backprop": "TexForce: text-encoder LoRA, direct backprop (`world_backprop`)",
+    "unet": "U-Net LoRA, DDPO (`world_unet`)",
+    "stacked": "text (DDPO) + U-Net LoRA stacked, no further training",
+}
+STYLES_JUDGED = ("plain", "engineered")
+Images = Mapping[tuple[str, int], float]
 
 
 def versus(settings: Settings) -> str:
     """Train the three arms per seed (DDPO as its own timed `texforce train world_ddpo` process, as the default run
-    is), judge every row on the ceiling's held-out plain prompts."""
+    is), judge every row on the ceiling's held-out prompts, plain and prompt-engineered."""
     with phase(settings, "train"):
         runs = {arm: [train_arm(settings, config, seed) for seed in settings.seeds] for arm, config in ARMS.items()}
         runs["ddpo"] = [timed_train(settings, "world_ddpo", seed)[0] for seed in settings.seeds]
     prompts, _, seeds = headline_set(settings)
-    variant = engineered_variant(settings.ceiling)
-    labels = {"base": ["base"]}
     setups = [AdapterSetup("base")]
-    for method in ("ddpo", "backprop", "unet", "stacked"):
-        labels[method] = [f"{method}/s{seed}" for seed in settings.seeds]
     for i, seed in enumerate(settings.seeds):
         text, unet = lora(runs["ddpo"][i]), lora(runs["unet"][i])
         setups += [
@@ -50,39 +49,78 @@ def versus(settings: Settings) -> str:
             AdapterSetup(f"stacked/s{seed}", text=text, unet=unet),
         ]
     with phase(settings, "eval"):
-        plain = evaluate(settings, setups, prompts, JUDGES, "eval_plain", seeds=seeds, num_prompts=len(prompts))
-        rewritten = [variant.apply(p) for p in prompts]
-        engineered = evaluate(settings, [AdapterSetup("base")], rewritten, JUDGES, "eval_engineered", seeds=seeds,
-                              num_prompts=len(prompts))  # fmt: skip
-    rows_of = {
-        "base model, plain prompts": (plain, labels["base"]),
-        f"prompt-engineered ({variant.name})": (engineered, labels["base"]),
-        "TexForce: text-encoder LoRA, DDPO": (plain, labels["ddpo"]),
-        "TexForce: text-encoder LoRA, direct backprop": (plain, labels["backprop"]),
-        "U-Net LoRA, DDPO": (plain, labels["unet"]),
-        "text (DDPO) + U-Net LoRA stacked, no further training": (plain, labels["stacked"]),
-    }
-    scores = {name: {j: across_seeds(s, names, j) for j in JUDGES} for name, (s, names) in rows_of.items()}
-    body = "## Held-out plain prompts\n\n" + table(
-        ["model / prompts", *(f"`{j}`" for j in JUDGES)], [[name, *s.values()] for name, s in scores.items()]
+        evaluate(settings, setups, prompts, JUDGES, "eval_styles", seeds=seeds, num_prompts=len(prompts),
+                 styles=STYLES_JUDGED)  # fmt: skip
+    scores = images_by_setup(read_rows(settings.output / "eval_styles"))
+
+    def by_seed(row: str, style: str, judge: str = JUDGES[0]) -> dict[int, Images] | Images:
+        if row == "base":
+            return scores[("base", style, judge)]
+        return {seed: scores[(f"{row}/s{seed}", style, judge)] for seed in settings.seeds}
+
+    def c(first: str, style: str, second: str, second_style: str, margin: float | None = None) -> Contrast:
+        name = f"{first} ({style}) − {second} ({second_style})"
+        return paired(by_seed(first, style), by_seed(second, second_style), name, margin)
+
+    table_rows = []
+    for style in STYLES_JUDGED:
+        for row, label in ROWS.items():
+            cells: list[object] = [label, f"`{style}`"]
+            for judge in JUDGES:
+                found = by_seed(row, style, judge)
+                images = [found] if row == "base" else list(found.values())
+                cells.append(estimate([_mean(i) for i in images]))
+            if row == "base":  # no training seed: prompt engineering's own gain, the mean over the same images
+                tags = _mean(by_seed("base", "engineered")) - _mean(by_seed("base", "plain"))
+                cells += ["—" if style == "plain" else f"{tags:+.4f}", "—"]
+            else:
+                cells += [signed(c(row, style, "base", "plain").interval),
+                          signed(c(row, style, "base", "engineered").interval)]  # fmt: skip
+            table_rows.append(cells)
+    n = len(scores[("base", "plain", JUDGES[0])])
+    body = "## Held-out prompts, plain and prompt-engineered\n\n" + table(
+        ["model", "prompts", *(f"`{j}`" for j in JUDGES), "vs base, plain", "vs base, engineered"], table_rows
     )
-    n = plain[("base", JUDGES[0])].n
     body += (
-        f"\nEvery row renders the same {len(prompts)} held-out plain prompts × seeds {seeds[0]}…{seeds[-1]} ({n} "
-        "images per row and training seed); only the prompt-engineered row rewrites them, with the variant chosen "
-        "on training prompts by `texforce world ceiling`. Tuned rows: mean ± 95% interval across training seeds; "
-        "base rows have no training seed.\n\n## Verdicts\n\n"
+        f"\nEvery row renders the same {len(prompts)} held-out plain prompts of the headline set × seeds "
+        f"{seeds[0]}…{seeds[-1]} ({n} images per row and training seed), as written (`plain`) or with the quality "
+        "tags the ceiling chose on training prompts (`engineered`), each image judged against its plain prompt. "
+        "Score columns: mean ± 95% interval across training seeds of each seed's mean (base: one mean). The last "
+        "two columns are paired changes against base given plain or engineered prompts (per seed the mean over the "
+        "same prompts and noises, then mean ± 95% t-interval over training seeds); base engineered − base plain is "
+        "prompt engineering's own gain.\n\n"
     )
-    names = list(scores)
-    ddpo, backprop, unet, stacked = (scores[names[k]]["world_score"] for k in (2, 3, 4, 5))
-    base_score, engineered_score = scores[names[0]]["world_score"], scores[names[1]]["world_score"]
-    verdicts = [
-        ("TexForce-DDPO vs base", compare(ddpo, base_score)),
-        ("TexForce-backprop vs base", compare(backprop, base_score)),
-        ("TexForce-DDPO vs prompt engineering", compare(ddpo, engineered_score)),
-        ("TexForce-backprop vs prompt engineering", compare(backprop, engineered_score)),
-        ("stacked vs the better single adapter", compare(stacked, max(ddpo, unet, key=lambda e: e.mean))),
+    gain = {row: c(row, "plain", "base", "plain").interval.mean for row in ("ddpo", "unet")}
+    settings.verdicts += [
+        raises("TexForce-DDPO raises held-out plain prompts over base", c("ddpo", "plain", "base", "plain")),
+        raises("TexForce-backprop raises held-out plain prompts over base", c("backprop", "plain", "base", "plain")),
+        raises(
+            "TexForce-DDPO on plain prompts scores above prompt engineering (the tags written on the base model)",
+            c("ddpo", "plain", "base", "engineered"),
+        ),
+        raises(
+            "TexForce-backprop on plain prompts scores above prompt engineering",
+            c("backprop", "plain", "base", "engineered"),
+        ),
+        raises(
+            "TexForce-DDPO adds to prompt engineering (engineered prompts, adapter vs base)",
+            c("ddpo", "engineered", "base", "engineered"),
+        ),
+        raises(
+            "TexForce-backprop adds to prompt engineering (engineered prompts, adapter vs base)",
+            c("backprop", "engineered", "base", "engineered"),
+        ),
+        beats_each(
+            "the DDPO text adapter stacked on the U-Net adapter beats each alone (plain prompts)",
+            [
+                c("stacked", "plain", "ddpo", "plain", margin_of(gain["ddpo"])),
+                c("stacked", "plain", "unet", "plain", margin_of(gain["unet"])),
+            ],
+        ),
     ]
-    body += table(["comparison (`world_score`)", "first is"], verdicts)
-    body += f"\nHeld-out prompts: {prompt_list(prompts)}\n\n![plain](eval_plain/grid.png)\n"
+    body += f"Held-out prompts: {prompt_list(prompts)}\n\n![styles](eval_styles/grid.png)\n"
     return body
+
+
+def _mean(images: Images) -> float:
+    return sum(images.values()) / len(images)

@@ -191,9 +191,10 @@ def run_eval(
     output: Path,
     args: dict,
     styles: Sequence[str] = ("plain",),
+    grid_prompts: int | None = None,
 ) -> list[Summary]:
     """Render and score every configuration in every prompt style; write results/summary/grid into `output`
-    (atomically).
+    (atomically). The grid shows the first seed of every prompt, or of the first `grid_prompts`.
 
     Everything that can fail cheaply is checked before the first image renders: the output, every prompt against
     every reward, every adapter against `base`, and the rewards' weights."""
@@ -224,10 +225,12 @@ def run_eval(
                         {"config": setup.label, "style": style, "prompt": prompt, "seed": seed}
                         | {"reward": spec, "score": score}
                     )
-            first_seed.append(images[: len(prompts)])
+            shown = grid_prompts or len(prompts)
+            first_seed.append(images[:shown])
             label = setup.label if style == "plain" else f"{setup.label} · {style}"
-            texts = styled(prompts, get_style(style))
-            captions += [caption(p, list(s), label) for p, *s in zip(texts, *first_scores, strict=True)]
+            texts = styled(prompts[:shown], get_style(style))
+            first = [scores[:shown] for scores in first_scores]
+            captions += [caption(p, list(s), label) for p, *s in zip(texts, *first, strict=True)]
     summaries = summarise(rows, [s.label for s in setups], list(reward_specs), list(styles))
     changes = paired_changes(rows)
     tmp = output.with_name(f".{output.name}.tmp")
@@ -246,7 +249,8 @@ def run_eval(
                 writer.writerow([s.setup, s.style, s.reward, s.n, *values])
         (tmp / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))
         (tmp / "changes.json").write_text(json.dumps([asdict(c) for c in changes], indent=2))
-        save_png(make_grid(torch.cat(first_seed), columns=len(prompts), captions=captions), tmp / "grid.png")
+        columns = min(grid_prompts or len(prompts), len(prompts))
+        save_png(make_grid(torch.cat(first_seed), columns=columns, captions=captions), tmp / "grid.png")
         tmp.rename(output)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
