@@ -186,7 +186,7 @@ def test_hacking(docs, tiny_model_dir):
     ]
     assert (folder / "curve_proxy.svg").is_file() and (folder / "curve_judge.svg").is_file()
     index = (folder.parent / "experiments.md").read_text()
-    assert all(f"[{name}]({name}/results.md)" in index for name in ("methods", "curves", "fusion", "hacking"))
+    assert "[hacking](hacking/results.md)" in index  # the other pages are there when their tests ran first
     assert json.loads((folder / "meta.json").read_text())["budget"] == "tiny"
     s1 = folder / "runs" / "text" / "s1"
     shutil.copytree(folder / "runs" / "text" / "s0", s1)
