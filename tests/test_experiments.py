@@ -14,7 +14,8 @@ import torch
 from texforce.adapters.conversion import read_adapters
 from texforce.cli.main import main
 from texforce.experiments import BUDGETS, Settings, harness
-from texforce.experiments.harness import DeadlineReached, arm_command, estimate, train_arm
+from texforce.experiments.harness import DeadlineReached, arm_command, train_arm
+from texforce.stats import estimate
 
 
 @pytest.fixture(scope="module")

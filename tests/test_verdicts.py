@@ -18,7 +18,7 @@ from texforce.experiments.verdicts import (
     paired,
     raises,
 )
-from texforce.stats import compare, estimate
+from texforce.stats import Estimate, estimate
 
 
 def C(values, margin=None, name="a − b"):
@@ -29,6 +29,15 @@ def C(values, margin=None, name="a − b"):
 def images(seed_means, offsets=(-0.02, 0.0, 0.02)):
     """Per-image scores {seed: {(prompt, noise): score}}: three prompts around each seed's mean."""
     return {s: {(f"p{i}", 1000): m + o for i, o in enumerate(offsets)} for s, m in enumerate(seed_means)}
+
+
+def compare(a: Estimate, b: Estimate) -> str:
+    """The rule before issue #30: 'higher' / 'lower' when two separate 95% intervals do not overlap."""
+    if a.low > b.high:
+        return "higher"
+    if a.high < b.low:
+        return "lower"
+    return "no clear difference"
 
 
 def test_pairing_finds_a_difference_that_non_overlap_misses():

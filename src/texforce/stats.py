@@ -105,15 +105,6 @@ def estimate(values: Sequence[float], level: float = 0.95) -> Estimate:
     return Estimate(mean, t * std(values) / math.sqrt(n), n, level)
 
 
-def compare(a: Estimate, b: Estimate) -> str:
-    """'higher' / 'lower' when the two 95% intervals do not overlap, else 'no clear difference'."""
-    if a.low > b.high:
-        return "higher"
-    if a.high < b.low:
-        return "lower"
-    return "no clear difference"
-
-
 def verdict(change: Estimate) -> str:
     """'rose' / 'fell' when the 95% interval of a change excludes 0, else 'no clear change'."""
     if change.low > 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 from texforce.adapters.files import fuse_adapter_files
 from texforce.experiments.harness import Settings, accumulate, arm_config, lora
 from texforce.experiments.page import prompt_list, table
-from texforce.experiments.records import Images, Records, load_records
+from texforce.experiments.records import Records, image_mean, load_records
 from texforce.experiments.verdicts import (
     Contrast,
     beats_each,
@@ -47,12 +47,8 @@ def heldout(settings: Settings, config: str | None = None, source: str | None = 
 def seed_means(records: Records, arm: str, evaluation: str, reward: str, seeds: Sequence[int]) -> Estimate:
     """Mean ± 95% t-interval across training seeds of each seed's mean score; the base model: its one mean."""
     if arm == "base":
-        return estimate([_mean(records.base(evaluation, reward))])
-    return estimate([_mean(images) for images in records.arm(arm, evaluation, reward, seeds).values()])
-
-
-def _mean(images: Images) -> float:
-    return sum(images.values()) / len(images)
+        return estimate([image_mean(records.base(evaluation, reward))])
+    return estimate([image_mean(images) for images in records.arm(arm, evaluation, reward, seeds).values()])
 
 
 def prompts_of(records: Records, evaluation: str, reward: str) -> list[str]:

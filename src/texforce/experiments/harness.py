@@ -29,7 +29,6 @@ from texforce.experiments.records import RUNS, Records, load_records, record_eva
 from texforce.experiments.verdicts import Verdict
 from texforce.observe.evaluation import AdapterSetup, Summary, run_eval
 from texforce.run.run_config import RunConfig, load_config
-from texforce.stats import Estimate, estimate
 
 EVAL_SEED = 1000  # evaluation seeds EVAL_SEED, EVAL_SEED+1, …: disjoint from the training seeds 0, 1, 2, …
 
@@ -234,11 +233,6 @@ def headline_set(settings: Settings) -> tuple[list[str], list[str], list[int]]:
 
 def lora(run_dir: Path) -> Path:
     return run_dir / "lora"
-
-
-def across_seeds(summaries: dict[tuple[str, str], Summary], labels: Sequence[str], reward: str) -> Estimate:
-    """Mean ± 95% t-interval across training seeds of the per-seed mean scores (one label per seed)."""
-    return estimate([summaries[(label, reward)].mean for label in labels])
 
 
 def machine() -> str:

@@ -19,7 +19,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,11 @@ METRICS = "metrics.jsonl"
 ADAPTER = "adapter.safetensors"
 FIELDS = ("evaluation", "prompt", "seed", "reward", "score")
 Images = dict[tuple[str, int], float]  # (prompt, noise seed) → score
+
+
+def image_mean(images: Mapping[tuple[str, int], float]) -> float:
+    """The mean score over one configuration's images."""
+    return sum(images.values()) / len(images)
 
 
 @dataclass

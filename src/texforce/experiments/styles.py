@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from texforce.experiments.harness import Settings, evaluate, headline_set, lora, phase, train_arm
 from texforce.experiments.main_job import timed_train
 from texforce.experiments.page import prompt_list, table
+from texforce.experiments.records import image_mean
 from texforce.experiments.verdicts import paired
 from texforce.observe.evaluation import AdapterSetup, images_by_setup, read_rows
 from texforce.prompts.styles import STYLES
@@ -23,7 +24,8 @@ from texforce.stats import Estimate, estimate
 JUDGES = ("world_score", "world_alignment")
 # label → shipped config, trained as the user runs it (`main_job.timed_train`), judged with the default's sampler
 ARMS = {"default": "default", "world_ddpo": "world_ddpo"}
-FLOW_ARMS = {"world_flow": "world_flow"}  # on texforce/world-flow: judged against its own base with its own sampler
+FLOW_ARMS = {"world_flow": "world_flow"}  # on texforce/world-flow: judged against its own base …
+FLOW_SAMPLER = "world_flow"  # … with this config's base and sampler
 # The default's ingredients, one at a time (tag → overrides on the default config, what it tests)
 ABLATIONS = {
     "no-anchor": (("backprop.anchor_coef=0",), "no anchor: tagged prompts free to move (the default until 12-06)"),
@@ -49,8 +51,7 @@ def seed_change(rows: Sequence[dict], labels: Sequence[str], style: str, judge: 
 
 
 def base_mean(rows: Sequence[dict], style: str, judge: str, base: str = "base") -> float:
-    values = images_by_setup(rows)[(base, style, judge)].values()
-    return sum(values) / len(values)
+    return image_mean(images_by_setup(rows)[(base, style, judge)])
 
 
 def styles(settings: Settings) -> str:
@@ -82,9 +83,8 @@ def styles(settings: Settings) -> str:
                  list(ABLATION_STYLES), GRID_PROMPTS)  # fmt: skip
         grid = [AdapterSetup("base"), AdapterSetup("default/s0", text=lora(runs["default"][0]))]
         evaluate(settings, grid, prompts[::8], JUDGES[:1], "eval_grid", "default", seeds[:1], 8, STYLES_SHOWN)
-        for config in FLOW_ARMS.values():
-            evaluate(settings, flow_setups, prompts, JUDGES, "eval_flow_styles", config, seeds, n, list(STYLES),
-                     GRID_PROMPTS)  # fmt: skip
+        evaluate(settings, flow_setups, prompts, JUDGES, "eval_flow_styles", FLOW_SAMPLER, seeds, n, list(STYLES),
+                 GRID_PROMPTS)  # fmt: skip
     rows = read_rows(settings.output / "eval_styles")
     ablations = rows + read_rows(settings.output / "eval_ablations")  # the same base, prompts and noises
     flow = read_rows(settings.output / "eval_flow_styles")
@@ -124,7 +124,7 @@ def flow_section(settings: Settings, rows: list[dict], labels: dict[str, list[st
     return (
         "\n## texforce/world-flow: the same styles\n\n"
         + style_table(rows, labels, FLOW_ARMS)
-        + f"\nAs above, on texforce/world-flow with `{', '.join(FLOW_ARMS.values())}`'s sampler; its base and its "
+        + f"\nAs above, on texforce/world-flow with `{FLOW_SAMPLER}`'s sampler; its base and its "
         f"prompt-engineering gap ({gap:+.4f}) are its own.\n\n" + bar_checks(rows, labels, FLOW_ARMS, gap)
     )
 

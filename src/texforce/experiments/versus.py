@@ -10,11 +10,10 @@ does the adapter raise plain prompts, does it reach prompt engineering without t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from texforce.experiments.harness import Settings, evaluate, headline_set, lora, phase, train_arm
 from texforce.experiments.main_job import timed_train
 from texforce.experiments.page import prompt_list, table
+from texforce.experiments.records import Images, image_mean
 from texforce.experiments.verdicts import Contrast, beats_each, margin_of, paired, raises, signed
 from texforce.observe.evaluation import AdapterSetup, images_by_setup, read_rows
 from texforce.stats import estimate
@@ -29,7 +28,6 @@ ROWS = {
     "stacked": "text (DDPO) + U-Net LoRA stacked, no further training",
 }
 STYLES_JUDGED = ("plain", "engineered")
-Images = Mapping[tuple[str, int], float]
 
 
 def versus(settings: Settings) -> str:
@@ -69,9 +67,9 @@ def versus(settings: Settings) -> str:
             for judge in JUDGES:
                 found = by_seed(row, style, judge)
                 images = [found] if row == "base" else list(found.values())
-                cells.append(estimate([_mean(i) for i in images]))
+                cells.append(estimate([image_mean(i) for i in images]))
             if row == "base":  # no training seed: prompt engineering's own gain, the mean over the same images
-                tags = _mean(by_seed("base", "engineered")) - _mean(by_seed("base", "plain"))
+                tags = image_mean(by_seed("base", "engineered")) - image_mean(by_seed("base", "plain"))
                 cells += ["—" if style == "plain" else f"{tags:+.4f}", "—"]
             else:
                 cells += [signed(c(row, style, "base", "plain").interval),
@@ -120,7 +118,3 @@ def versus(settings: Settings) -> str:
     ]
     body += f"Held-out prompts: {prompt_list(prompts)}\n\n![styles](eval_styles/grid.png)\n"
     return body
-
-
-def _mean(images: Images) -> float:
-    return sum(images.values()) / len(images)

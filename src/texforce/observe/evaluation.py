@@ -210,6 +210,7 @@ def run_eval(
     check_adapters(base, setups)
     scorers = {spec: build_reward(spec, args["device"]) for spec in reward_specs}
     rows, first_seed, captions = [], [], []
+    shown = min(grid_prompts or len(prompts), len(prompts))  # the grid's columns: the first prompts
     for style in styles:
         get_style(style)  # an unknown style fails before anything renders
     for setup in setups:
@@ -225,7 +226,6 @@ def run_eval(
                         {"config": setup.label, "style": style, "prompt": prompt, "seed": seed}
                         | {"reward": spec, "score": score}
                     )
-            shown = grid_prompts or len(prompts)
             first_seed.append(images[:shown])
             label = setup.label if style == "plain" else f"{setup.label} · {style}"
             texts = styled(prompts[:shown], get_style(style))
@@ -249,8 +249,7 @@ def run_eval(
                 writer.writerow([s.setup, s.style, s.reward, s.n, *values])
         (tmp / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))
         (tmp / "changes.json").write_text(json.dumps([asdict(c) for c in changes], indent=2))
-        columns = min(grid_prompts or len(prompts), len(prompts))
-        save_png(make_grid(torch.cat(first_seed), columns=columns, captions=captions), tmp / "grid.png")
+        save_png(make_grid(torch.cat(first_seed), columns=shown, captions=captions), tmp / "grid.png")
         tmp.rename(output)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
