@@ -184,3 +184,48 @@ def test_anchor_gradient_is_the_distance_of_styled_and_negative_prompts_to_the_f
     for a, b in zip(take_gradients(trainer), reference, strict=True):
         assert b.abs().max() > 0
         torch.testing.assert_close(a, b, atol=1e-6 * float(b.abs().max()), rtol=1e-4)
+
+
+def test_training_styles_show_the_model_the_styled_text_and_the_reward_the_plain_prompt(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """`prompts.train_styles`: every training prompt is drawn in each style; the text encoder reads the styled text,
+    the reward (backprop's differentiable one and the scoring DDPO uses) and the anchor read the plain prompt."""
+    style = "'{prompt}, highly detailed'"
+    trainer = make_trainer(
+        tiny_model_dir,
+        tmp_path,
+        prompts__train_styles=f"[plain, {style}]",
+        backprop__anchor_coef=1.0,
+        backprop__anchor_style="'tagged {prompt}'",
+    )
+    plain = list(trainer.prompts.train)
+    assert trainer.train_texts == plain + [p + ", highly detailed" for p in plain]
+    drawn = [p for e in range(4) for p in trainer.draw_prompts(torch.Generator().manual_seed(e))]
+    assert {p.endswith(", highly detailed") for p in drawn} == {True, False}
+    assert trainer.judged(drawn) == [p.removesuffix(", highly detailed") for p in drawn]
+
+    seen, judged = [], []
+    tokenize, reward = trainer.policy.tokenize, trainer.reward_fn.differentiable
+    monkeypatch.setattr(trainer.policy, "tokenize", lambda texts: seen.append(list(texts)) or tokenize(texts))
+    monkeypatch.setattr(
+        trainer.reward_fn, "differentiable", lambda images, texts: judged.append(list(texts)) or reward(images, texts)
+    )
+    styled = [p + ", highly detailed" for p in PROMPTS]
+    trainer.plain_of.update(zip(styled, PROMPTS, strict=True))  # PROMPTS stand in for training prompts
+    _, images = trainer.algorithm.train_micro_batch(styled, torch.Generator().manual_seed(5), 2, 0)
+    assert seen == [styled] and judged == [PROMPTS]
+    seen.clear()
+    trainer.algorithm.anchor(trainer.judged(styled))  # as run_epoch anchors: the plain prompt in anchor_style
+    assert seen == [[f"tagged {p}" for p in PROMPTS]]
+    call = type(trainer.reward_fn).__call__
+    monkeypatch.setattr(
+        type(trainer.reward_fn), "__call__", lambda self, i, texts: judged.append(list(texts)) or call(self, i, texts)
+    )
+    trainer.score(images, styled)  # DDPO's scoring of its drawn texts
+    assert judged[-1] == PROMPTS
+
+
+def test_config_refuses_an_unknown_training_style():
+    with pytest.raises(TexforceError, match=r"prompts\.train_styles: unknown prompt style 'fancy'"):
+        load_config(None, ["prompts.train_styles=[plain, fancy]"])

@@ -108,7 +108,7 @@ class RewardBackprop:
             # SAMPLE (graph of the last K steps) → REWARD → BACKWARD, accumulated over micro-batches
             reward, pictures = self.train_micro_batch(batch, batch_generator(c.seed, epoch, j), truncations[j], epoch)
             if self.backprop.anchor_coef:
-                history["anchor_distance"].append(self.anchor(batch))
+                history["anchor_distance"].append(self.anchor(t.judged(batch)))
             rewards.append(reward)
             images.append(pictures[: max(0, GRID_SIZE - sum(len(i) for i in images))])
             if (index + 1) % c.train.gradient_accumulation_steps == 0:
@@ -157,7 +157,7 @@ class RewardBackprop:
             grad_steps=num_grad_steps,
         )
         images = decode(policy.vae, latents)  # (b, 3, H, W), graph kept
-        reward = t.reward_fn.differentiable(images, prompts)
+        reward = t.reward_fn.differentiable(images, t.judged(prompts))
         finite = torch.isfinite(reward.total.detach()).cpu()
         t.finite_rewards(reward.total.detach().cpu(), epoch + 1)  # stops before the backward if too many are bad
         scale = 1.0 / (len(prompts) * c.train.gradient_accumulation_steps)

@@ -153,6 +153,12 @@ class PromptConfig:
 
     train: str = option("animals", "training prompts: a built-in set (animals, world, hand, …) or a .txt/.json file")
     eval: str | None = option(None, "held-out prompts, the same kinds; unset: the held-out part of the training set")
+    train_styles: list[str] = option(
+        help="styles the training prompts are written in, each drawn alike (prompts/styles.py: `plain`, "
+        "`engineered`, … or a template with {prompt}); the model sees the styled text, the reward judges the plain "
+        "prompt",
+        factory=lambda: ["plain"],
+    )
 
 
 @dataclass

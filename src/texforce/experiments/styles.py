@@ -34,6 +34,15 @@ ABLATIONS = {
         "the anchor holds the tagged prompts but not the negative prompt, which moves every image through guidance",
     ),
     "epochs-5": (("train.num_epochs=5",), "half the epochs: less over-optimisation of the learned reward"),
+    "mixed-styles": (
+        ("prompts.train_styles=[plain, engineered]", "backprop.anchor_coef=0"),
+        "tagged prompts trained on (half the draws, judged as the plain prompt) instead of anchored",
+    ),
+    "soft-quality": (
+        ("reward=world_preference:1.0+world_quality_soft:1.0+world_score:0.0",),
+        "the exact, differentiable soft quality added to the learned reward",
+    ),
+    "rank-4": (("text_lora.rank=4", "text_lora.alpha=4"), "rank 4 instead of 16 (same scale alpha/rank)"),
 }
 ABLATION_STYLES = ("plain", "engineered")
 STYLES_SHOWN = ["plain", "engineered"]  # the grid's

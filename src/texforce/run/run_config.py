@@ -118,12 +118,14 @@ def validate(config: RunConfig) -> None:
     check(config.text_lora.use or config.unet_lora.use, "nothing to train: set text_lora.use or unet_lora.use")
     styles = config.eval.styles
     check(bool(styles) and styles[0] == "plain", f"eval.styles must start with plain, got {styles}")
-    check(len(set(styles)) == len(styles), f"eval.styles lists a style twice: {styles}")
-    for style in styles:
-        try:
-            get_style(style)
-        except TexforceError as error:
-            raise TexforceError(f"eval.styles: {error}") from None
+    for key, listed in (("eval.styles", styles), ("prompts.train_styles", config.prompts.train_styles)):
+        check(bool(listed), f"{key} must name at least one style")
+        check(len(set(listed)) == len(listed), f"{key} lists a style twice: {listed}")
+        for style in listed:
+            try:
+                get_style(style)
+            except TexforceError as error:
+                raise TexforceError(f"{key}: {error}") from None
     check(
         config.model.dtype != "fp16",
         "model.dtype=fp16 cannot train (no loss scaling: DDPO's small gradients flush to zero in fp16); "

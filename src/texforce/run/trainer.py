@@ -26,6 +26,7 @@ from texforce.bases.loading import resolve_device
 from texforce.errors import TexforceError
 from texforce.observe.runlog import RunLogger
 from texforce.prompts import load_prompt_set
+from texforce.prompts.styles import get_style
 from texforce.rewards import RewardOutput, build_reward
 from texforce.run.ema import ParameterEMA
 from texforce.run.run_config import RunConfig
@@ -69,6 +70,10 @@ class Trainer:
         judge = c.eval.reward  # None: the training reward judges
         self.judge = build_reward(judge, self.device) if judge else self.reward_fn
         self.prompts = load_prompt_set(c.prompts.train, c.prompts.eval)
+        # the texts trained on: every training prompt in each of `prompts.train_styles`, judged as the plain one
+        written = [(get_style(style).apply(p), p) for style in c.prompts.train_styles for p in self.prompts.train]
+        self.train_texts = [text for text, _ in written]
+        self.plain_of = dict(written)
         self.algorithm = build_algorithm(c.train.algorithm, self)
         self.ema = ParameterEMA(self.trainable, c.train.ema_decay) if c.train.ema_decay > 0 else None
         self.lr_scheduler = get_scheduler(
@@ -99,9 +104,13 @@ class Trainer:
     def draw_prompts(self, generator: torch.Generator, group_size: int = 1) -> list[str]:
         """The epoch's prompts for every process (`samples_per_epoch_per_device` each), the same on every process;
         each drawn prompt comes `group_size` times in a row (DDPO's grouped advantages)."""
-        train, count = self.prompts.train, self.config.samples_per_epoch_per_device * self.dist.num_processes
+        train, count = self.train_texts, self.config.samples_per_epoch_per_device * self.dist.num_processes
         picks = torch.randint(len(train), (count // group_size,), generator=generator)
         return [train[i] for i in picks.tolist() for _ in range(group_size)]
+
+    def judged(self, prompts: Sequence[str]) -> list[str]:
+        """The prompts a reward judges for these drawn texts: each styled training text's plain prompt."""
+        return [self.plain_of.get(p, p) for p in prompts]
 
     def process_share(self, items: Sequence[Any]) -> list[Any]:
         """This process's contiguous slice of an epoch-wide list."""
@@ -123,8 +132,9 @@ class Trainer:
         return [j for j in range(num_micro_batches) if (j // accumulation) % world == process]
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
-        """Rewards (N,) of images (N, 3, H, W), no gradient, in sampling-sized chunks under a progress bar."""
-        chunk, count = self.config.sample.batch_size_per_device, len(prompts)
+        """Rewards (N,) of images (N, 3, H, W) of the drawn `prompts` (each judged as `judged` says), no gradient,
+        in sampling-sized chunks under a progress bar."""
+        chunk, count, prompts = self.config.sample.batch_size_per_device, len(prompts), self.judged(prompts)
         task = self.log.progress("scoring", -(-count // chunk))
         outputs = []
         for start in range(0, count, chunk):
