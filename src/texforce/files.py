@@ -1,12 +1,33 @@
 """Files that are complete or absent, never half-written: a text file or a whole folder written beside its target,
-then renamed over it (a rename within one filesystem is atomic)."""
+then renamed over it (a rename within one filesystem is atomic). Safetensors files get the mode any other new file
+gets: safetensors 0.8 writes them 0600 (safetensors#782), which a UI or server running as another user cannot
+read."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, leaving the file readable as any other new file is."""
+    from safetensors.torch import save_file
+
+    save_file(dict(tensors), str(path), metadata=metadata)
+    os.chmod(path, new_file_mode())
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -21,5 +42,7 @@ def write_folder_atomically(folder: Path, write: Callable[[Path], None]) -> None
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
+    for weights in tmp.rglob("*.safetensors"):  # diffusers' and peft's savers write them through safetensors too
+        os.chmod(weights, new_file_mode())
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

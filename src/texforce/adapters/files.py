@@ -27,7 +27,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
 from texforce.adapters.conversion import adapter_set_of
@@ -42,7 +42,7 @@ from texforce.adapters.formats import (
 )
 from texforce.bases.loading import TEXT_ENCODERS, is_t5, text_encoders
 from texforce.errors import TexforceError
-from texforce.files import write_folder_atomically
+from texforce.files import save_safetensors, write_folder_atomically
 
 
 def lora_config_of(module: torch.nn.Module, adapter_name: str = "default") -> PeftLoraConfig:
@@ -83,7 +83,7 @@ def save_pipeline(pipe: DiffusionPipeline, folder: Path) -> None:
         if isinstance(encoder, CLIPTextModel) and not hasattr(encoder, "text_model"):
             for weights in (folder / name).glob("*.safetensors"):
                 renamed = {_canonical(key): value for key, value in load_file(weights).items()}
-                save_file(renamed, weights, metadata={"format": "pt"})
+                save_safetensors(renamed, weights, metadata={"format": "pt"})
             index = folder / name / "model.safetensors.index.json"
             if index.is_file():
                 data = json.loads(index.read_text())

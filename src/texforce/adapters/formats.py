@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from diffusers.utils import convert_state_dict_to_diffusers
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from texforce.errors import TexforceError
+from texforce.files import save_safetensors
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -216,7 +216,7 @@ def write_kohya(adapters: AdapterSet, path: Path) -> None:
     """One kohya-layout `.safetensors` that ComfyUI, Forge and AUTOMATIC1111 load whole (strength 1.0)."""
     tensors, header = kohya_state(adapters)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, path, metadata=header)
+    save_safetensors(tensors, path, metadata=header)
 
 
 def read_kohya(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> AdapterSet:
@@ -272,7 +272,7 @@ def write_diffusers(adapters: AdapterSet, path: Path) -> None:
     if not tensors:
         raise TexforceError("a diffusers LoRA file holds no T5 adapter; export these adapters as kohya or peft")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, path, metadata=header)
+    save_safetensors(tensors, path, metadata=header)
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -364,7 +364,7 @@ def write_peft(adapters: AdapterSet, component: str, folder: Path) -> None:
     config = adapters.peft_config(component)
     config.update(base_model_name_or_path=adapters.base, inference_mode=True, peft_type="LORA")
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, folder / PEFT_WEIGHTS)
+    save_safetensors(tensors, folder / PEFT_WEIGHTS)
     (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2, default=list, sort_keys=True) + "\n")
 
 

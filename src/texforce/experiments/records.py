@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from texforce.files import write_text_atomic
+from texforce.files import save_safetensors, write_text_atomic
 
 RUNS = "runs"
 SCORES = "scores.csv"
@@ -145,14 +145,12 @@ def record_run(output: Path, label: str, run_dir: Path, adapter: bool) -> None:
 def save_adapter_fp16(source: Path, path: Path) -> Path:
     """Any adapter texforce reads (here a run's `lora/`), as one kohya-layout safetensors file with fp16 weights
     (alphas stay fp32 scalars): half the size of the run's own, and read by `texforce eval`, `fuse`, `export`."""
-    from safetensors.torch import save_file
-
     from texforce.adapters.conversion import read_adapters
     from texforce.adapters.formats import kohya_state
 
     tensors, header = kohya_state(read_adapters(source))
     tensors = {key: value.half() if value.dim() else value for key, value in tensors.items()}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, tmp, metadata=header)
+    save_safetensors(tensors, tmp, metadata=header)
     os.replace(tmp, path)
     return path

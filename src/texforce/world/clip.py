@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from texforce.errors import TexforceError
+from texforce.files import save_safetensors
 from texforce.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 from texforce.world import CLIP_IMAGE_DIR, MODEL_DIR
 
@@ -97,7 +98,7 @@ class WorldClip(nn.Module):
             "text_projection.weight": self.text_projection.weight.detach().half().contiguous(),
             "logit_scale": self.logit_scale.detach().reshape(1).float(),
         }
-        save_file(tensors, str(clip_dir / TEXT_PROJECTION_FILE))
+        save_safetensors(tensors, clip_dir / TEXT_PROJECTION_FILE)
 
 
 def load_world_clip(model_dir: str | Path | None = None, clip_dir: str | Path | None = None) -> WorldClip:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from texforce.errors import TexforceError
+from texforce.files import save_safetensors
 from texforce.world.judges.quality import RAMPS
 from texforce.world.scenes import COLORS, IMAGE_SIZE, SHAPES
 
@@ -115,7 +116,7 @@ def save_preference_model(model: PreferenceModel, folder: Path, record: dict) ->
     """config.json (sizes + the build's record) and model.safetensors (fp16)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
+    save_safetensors(state, folder / WEIGHTS_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps({"model": asdict(model.config), **record}, indent=2) + "\n")
     (folder / "README.md").write_text(model_card({"model": asdict(model.config), **record}))
 
