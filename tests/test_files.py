@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from texforce.files import save_safetensors, write_folder_atomically
+from texforce.training.checkpoint import write_checkpoint
 
 
 @pytest.fixture
@@ -37,3 +38,12 @@ def test_a_folder_written_atomically_leaves_its_safetensors_readable(tmp_path, u
     write_folder_atomically(tmp_path / "lora", write)
     files = sorted((tmp_path / "lora").rglob("*.safetensors"))
     assert len(files) == 2 and {mode(f) for f in files} == {0o644}
+
+
+def test_a_checkpoint_leaves_its_adapters_readable(tmp_path, umask_022):
+    def write_adapters(folder):
+        folder.mkdir(parents=True)
+        save_file({"a": torch.zeros(2)}, str(folder / "pytorch_lora_weights.safetensors"))
+
+    final = write_checkpoint(tmp_path, 1, {"epoch": 1}, write_adapters, keep=1)
+    assert mode(final / "lora" / "pytorch_lora_weights.safetensors") == 0o644

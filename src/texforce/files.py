@@ -30,6 +30,14 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: 
     os.chmod(path, new_file_mode())
 
 
+def make_safetensors_readable(folder: Path) -> None:
+    """Every `.safetensors` under `folder` given the mode of a new file: for those that diffusers', peft's and
+    transformers' savers write through safetensors' own writer."""
+    mode = new_file_mode()
+    for weights in folder.rglob("*.safetensors"):
+        os.chmod(weights, mode)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` via a temporary file and a rename: the file is complete or absent, never half-written."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -42,7 +50,6 @@ def write_folder_atomically(folder: Path, write: Callable[[Path], None]) -> None
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
-    for weights in tmp.rglob("*.safetensors"):  # diffusers' and peft's savers write them through safetensors too
-        os.chmod(weights, new_file_mode())
+    make_safetensors_readable(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

@@ -42,7 +42,7 @@ from texforce.adapters.formats import (
 )
 from texforce.bases.loading import TEXT_ENCODERS, is_t5, text_encoders
 from texforce.errors import TexforceError
-from texforce.files import save_safetensors, write_folder_atomically
+from texforce.files import make_safetensors_readable, save_safetensors, write_folder_atomically
 
 
 def lora_config_of(module: torch.nn.Module, adapter_name: str = "default") -> PeftLoraConfig:
@@ -89,6 +89,7 @@ def save_pipeline(pipe: DiffusionPipeline, folder: Path) -> None:
                 data = json.loads(index.read_text())
                 data["weight_map"] = {_canonical(k): v for k, v in data["weight_map"].items()}
                 index.write_text(json.dumps(data, indent=2) + "\n")
+    make_safetensors_readable(folder)
     for name in ("tokenizer", "tokenizer_2"):
         tokenizer = getattr(pipe, name, None)
         if tokenizer is not None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from texforce.errors import TexforceError
+from texforce.files import make_safetensors_readable
 
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
@@ -88,6 +89,7 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         write_adapters(tmp / "lora")
+        make_safetensors_readable(tmp)
         kill_point("checkpoint", epoch)
         torch.save(state, tmp / STATE_FILE)
         (tmp / COMPLETE).write_text(json.dumps({"epoch": epoch}))

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from texforce.errors import TexforceError
-from texforce.files import save_safetensors
+from texforce.files import make_safetensors_readable, save_safetensors
 from texforce.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 from texforce.world import CLIP_IMAGE_DIR, MODEL_DIR
 
@@ -99,6 +99,7 @@ class WorldClip(nn.Module):
             "logit_scale": self.logit_scale.detach().reshape(1).float(),
         }
         save_safetensors(tensors, clip_dir / TEXT_PROJECTION_FILE)
+        make_safetensors_readable(clip_dir)  # the image tower's, written by transformers
 
 
 def load_world_clip(model_dir: str | Path | None = None, clip_dir: str | Path | None = None) -> WorldClip:
