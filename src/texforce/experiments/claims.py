@@ -107,7 +107,7 @@ def methods_page(settings: Settings) -> str:
     h, s = scores["heldout"], scores["single"]
     rows = [[label, h[m], f"{h[m].mean - h['base'].mean:+.4f}", s[m], f"{s[m].mean - s['base'].mean:+.4f}"]
             for m, label in {"base": "base model", **METHODS}.items()]  # fmt: skip
-    body = "## Alignment on held-out prompts, and semantics preservation\n\n"
+    body = f"## `{judge}` on held-out prompts, and semantics preservation\n\n"
     body += table(["method", f"held-out `{judge}`", "Δ vs base", f"`single` family `{judge}`", "Δ vs base"], rows)
     n_images = {ev: len(records.base(ev, judge)) for ev in ("heldout", "single")}
     body += (
@@ -127,7 +127,7 @@ def methods_page(settings: Settings) -> str:
 
     gain = {m: c(m, "base").interval.mean for m in ("text", "unet")}
     settings.verdicts += [
-        raises("text-encoder RL (DDPO) raises held-out alignment", c("text", "base")),
+        raises(f"text-encoder RL (DDPO) raises the held-out reward (`{judge}`)", c("text", "base")),
         beats_each(
             "a text adapter stacked on a separately trained U-Net adapter beats each alone",
             [
@@ -182,7 +182,7 @@ def fusion_page(settings: Settings, weights: Sequence[float] = (0.5, 0.5)) -> st
     names = {"base": "base model", "count": "counting adapter", "relation": "relations adapter",
              "fused": f"fused ({weights[0]:g} · counting + {weights[1]:g} · relations)"}  # fmt: skip
     rows = [[label, scores["count"][a], scores["relation"][a]] for a, label in names.items()]
-    body = "## Held-out alignment per task\n\n"
+    body = f"## `{judge}` on each task's held-out prompts\n\n"
     body += table(["adapter", f"counting prompts `{judge}`", f"relation prompts `{judge}`"], rows)
     body += (
         f"\nFused with `texforce.adapters.files.fuse_adapters` (exact weighted sum of the LoRA updates, weights "
