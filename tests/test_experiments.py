@@ -132,8 +132,8 @@ def test_page_only_rewrites_the_page_from_the_records(docs, tiny_model_dir, monk
 
 
 def test_page_only_needs_an_experiment_with_records(tmp_path, capsys):
-    assert main(["experiment", "versus", "--page-only", "-o", str(tmp_path / "versus")]) == 2
-    assert "versus keeps no per-run records" in capsys.readouterr().err
+    assert main(["experiment", "efficiency", "--page-only", "-o", str(tmp_path / "efficiency")]) == 2
+    assert "efficiency keeps no per-run records" in capsys.readouterr().err
 
 
 def test_curves_reuse_the_methods_runs(docs, tiny_model_dir):
@@ -211,6 +211,66 @@ def test_versus_table(docs, tiny_model_dir):
     _verdicts(folder, text, 7)
     styled = (folder / "eval_styles" / "results.csv").read_text()
     assert ",engineered," in styled and (folder / "eval_styles" / "grid.png").is_file()
+    # each row's scores recorded per style, the adapters the stack combines, every trained arm's metrics
+    runs = folder / "runs"
+    for label in ("base", "ddpo/s0", "stacked/s0"):
+        scores = (runs / label / "scores.csv").read_text()
+        assert "\nstyles," in scores and "\nstyles:engineered," in scores
+    assert all((runs / arm / "s0" / "metrics.jsonl").is_file() for arm in ("ddpo", "backprop", "unet"))
+    assert [(runs / arm / "s0" / "adapter.safetensors").is_file() for arm in ("ddpo", "unet", "backprop")] == [
+        True,
+        True,
+        False,
+    ]
+
+
+def test_versus_adds_a_seed_to_its_records_and_rewrites_its_page_from_them(docs, tiny_model_dir, monkeypatch):
+    """versus with 2 seeds after 1: seed 0 is read from runs/ (its DDPO arm, trained by `timed_train`, and the
+    others by `train_arm`, must not run again); then --page-only gives the same verdicts, training and judging
+    nothing."""
+    from texforce.experiments import versus
+
+    real_arm, real_timed = harness.train_arm, versus.timed_train
+
+    def only_seed_1(real):
+        def train(settings, config, seed, *args, **kwargs):
+            assert seed == 1, f"seed {seed} of {config} is committed under runs/ and must not be trained again"
+            return real(settings, config, seed, *args, **kwargs)
+
+        return train
+
+    monkeypatch.setattr(harness, "train_arm", only_seed_1(real_arm))
+    monkeypatch.setattr(versus, "timed_train", only_seed_1(real_timed))
+    folder, text = _run("versus", docs, tiny_model_dir, "--seeds", "2")
+    assert "| training seeds | 0, 1 (0 read from the committed runs/) |" in text
+    judged = (folder / "eval_styles" / "results.csv").read_text()
+    assert "ddpo/s1," in judged and "ddpo/s0," not in judged and "\nbase," not in judged
+    before = _verdicts(folder, text, 7)
+    assert all(c["seeds"] == 2 for v in before for c in v["contrasts"])
+    monkeypatch.setattr(harness, "train_arm", lambda *a, **k: pytest.fail("--page-only must not train"))
+    monkeypatch.setattr(versus, "timed_train", lambda *a, **k: pytest.fail("--page-only must not train"))
+    monkeypatch.setattr(harness, "evaluate", lambda *a, **k: pytest.fail("--page-only must not judge"))
+    assert main(["experiment", "versus", "--page-only", "--budget", "tiny", "-o", str(folder)]) == 0
+    assert json.loads((folder / "meta.json").read_text())["verdicts"] == before
+
+
+def test_scores_are_recorded_per_prompt_style(tmp_path):
+    """An evaluation in several styles is recorded as `name` (plain) and `name:style`; judging it again replaces
+    every style's rows; a results.csv without a style column (judged before styles) is plain."""
+    from texforce.experiments.records import load_records, record_evaluation
+
+    def judged(lines, header="config,style,prompt,seed,reward,score"):
+        folder = tmp_path / "out" / "eval_styles"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.csv").write_text("\n".join([header, *lines]) + "\n")
+
+    judged(["base,plain,a cat,1000,world_score,0.5", "base,engineered,a cat,1000,world_score,0.75"])
+    scores = load_records(tmp_path / "out").scores["base"]
+    assert scores == {("styles", "world_score"): {("a cat", 1000): 0.5},
+                      ("styles:engineered", "world_score"): {("a cat", 1000): 0.75}}  # fmt: skip
+    judged(["base,a dog,1000,world_score,0.25"], header="config,prompt,seed,reward,score")
+    record_evaluation(tmp_path / "out", "styles")
+    assert load_records(tmp_path / "out").scores["base"] == {("styles", "world_score"): {("a dog", 1000): 0.25}}
 
 
 def test_the_engineered_style_is_the_ceilings_choice():

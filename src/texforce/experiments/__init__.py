@@ -57,6 +57,7 @@ EXPERIMENTS = {
         "(TextCraftor's comparison on SD) Tuning the text encoder learns what prompt engineering does, without the "
         "user writing the tags: base · prompt-engineered · TexForce (DDPO, backprop) · U-Net LoRA · stacked.",
         versus.versus,
+        versus.versus_page,
     ),
     "styles": Experiment(
         "Prompt styles: one adapter for every prompt a user writes",

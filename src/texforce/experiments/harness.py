@@ -21,11 +21,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from texforce.errors import TexforceError
-from texforce.experiments.records import RUNS, Records, load_records, record_evaluation, record_run
+from texforce.experiments.records import (
+    RUNS,
+    Records,
+    evaluation_key,
+    load_records,
+    record_evaluation,
+    record_run,
+)
 from texforce.experiments.verdicts import Verdict
 from texforce.observe.evaluation import AdapterSetup, Summary, run_eval
 from texforce.run.run_config import RunConfig, load_config
@@ -271,16 +279,20 @@ def accumulate(
     setups: Callable[[int, Mapping[str, Path]], Sequence[AdapterSetup]],
     adapters: Sequence[str] = (),
     config_name: str = "world_text",
+    trainers: Mapping[str, Callable[[Settings, int], Path]] | None = None,
+    **options: Any,
 ) -> Records:
     """Train and judge the seeds of `settings` not yet recorded under OUTPUT/runs, record them, return all records.
 
     `arms`: name → (shipped config, extra overrides), trained per seed; `labels`: the arms judged per seed (`setups`
     gives their `AdapterSetup`s from that seed's run folders); `evaluations`: name → prompts, judged by `rewards`
     (none: the arms' per-epoch metrics are all that is recorded); `adapters`: the arms whose LoRA is committed (in
-    fp16) because stacks and fusions combine them. A seed whose scores (or metrics) are committed is skipped."""
+    fp16) because stacks and fusions combine them; `trainers`: arm → how to train it for a seed, where not `train_arm`;
+    `options`: `evaluate`'s (seeds, num_prompts, styles). A seed whose scores (or metrics) are committed is skipped."""
     records = load_records(settings.output)
+    styles = options.get("styles", ("plain",))
     if evaluations:
-        done = set(records.complete_seeds(labels, list(evaluations)))
+        done = set(records.complete_seeds(labels, [evaluation_key(e, s) for e in evaluations for s in styles]))
     else:
         done = set.intersection(*(set(records.metrics(arm)) for arm in arms))
     settings.reused = sorted(done & set(settings.seeds))
@@ -288,7 +300,9 @@ def accumulate(
     if not todo:
         return records
     with phase(settings, "train"):
-        runs = {seed: {arm: train_arm(settings, c, seed, extra) for arm, (c, extra) in arms.items()} for seed in todo}
+        trainers = trainers or {}
+        runs = {seed: {arm: trainers[arm](settings, seed) if arm in trainers else train_arm(settings, c, seed, extra)
+                       for arm, (c, extra) in arms.items()} for seed in todo}  # fmt: skip
     for seed, by_arm in runs.items():
         for arm, run in by_arm.items():
             record_run(settings.output, f"{arm}/s{seed}", run, arm in adapters)
@@ -298,6 +312,6 @@ def accumulate(
     judged += [setup for seed in todo for setup in setups(seed, runs[seed])]
     with phase(settings, "eval"):
         for name, prompts in evaluations.items():
-            evaluate(settings, judged, prompts, rewards, f"eval_{name}", config_name)
+            evaluate(settings, judged, prompts, rewards, f"eval_{name}", config_name, **options)
             record_evaluation(settings.output, name)
     return load_records(settings.output)

@@ -6,7 +6,9 @@
     docs/<experiment>/runs/<arm>/s<seed>/adapter.safetensors  its LoRA in fp16, kohya layout (the arms that stacks
                                                      and fusions combine)
 
-A label of an evaluation (`text/s0`, `stacked/s2`, `base`) is its folder under runs/. An experiment run with more
+A label of an evaluation (`text/s0`, `stacked/s2`, `base`) is its folder under runs/. An evaluation's name is its
+prompt set (`heldout`), with `:style` when its prompts were written in another style than plain
+(`styles:engineered`, `evaluation_key`). An experiment run with more
 seeds reads these and trains and judges only the seeds not yet recorded; `texforce experiment NAME --page-only`
 rewrites the page from them alone. Pages judged before these folders existed hold only `eval_*/results.csv`:
 `load_records` imports those per label (scores only: their metrics and adapters were never committed).
@@ -88,17 +90,26 @@ def label_folder(output: Path, label: str) -> Path:
     return output / RUNS / label
 
 
+def evaluation_key(evaluation: str, style: str = "plain") -> str:
+    """The name scores are recorded under: the evaluation, and the prompt style when it is not plain."""
+    return evaluation if style == "plain" else f"{evaluation}:{style}"
+
+
 def record_evaluation(output: Path, evaluation: str) -> list[str]:
-    """Copy OUTPUT/eval_`evaluation`/results.csv into each label's scores.csv (that evaluation's rows replaced);
-    the labels recorded."""
+    """Copy OUTPUT/eval_`evaluation`/results.csv into each label's scores.csv (that evaluation's rows replaced, in
+    every style: `evaluation_key`); the labels recorded."""
     by_label: dict[str, list[dict]] = {}
     with open(output / f"eval_{evaluation}" / "results.csv") as handle:
         for row in csv.DictReader(handle):
             by_label.setdefault(row["config"], []).append(row)
     for label, rows in by_label.items():
         path = label_folder(output, label) / SCORES
-        kept = [r for r in _read_scores(path) if r["evaluation"] != evaluation] if path.is_file() else []
-        kept += [{"evaluation": evaluation, **{k: r[k] for k in FIELDS[1:]}} for r in rows]
+        recorded = _read_scores(path) if path.is_file() else []
+        kept = [r for r in recorded if r["evaluation"].partition(":")[0] != evaluation]
+        for r in rows:
+            kept.append(
+                {"evaluation": evaluation_key(evaluation, r.get("style") or "plain"), **{k: r[k] for k in FIELDS[1:]}}
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         out = io.StringIO()
         writer = csv.DictWriter(out, FIELDS, lineterminator="\n")

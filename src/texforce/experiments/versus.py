@@ -6,20 +6,26 @@ training — each given the plain prompts and the prompt-engineered ones (the `e
 Every comparison is paired: per training seed, the mean over images of (row − reference) on the same prompt and
 noise, then an interval over training seeds (`verdicts.paired`). The verdicts answer the questions a user asks:
 does the adapter raise plain prompts, does it reach prompt engineering without the tags, and does it add to them?
+Like the claims of `claims`, `versus_arms` trains and judges only the seeds not yet recorded under the page's runs/
+and `versus_page` writes the page from those records alone.
 """
 
 from __future__ import annotations
 
-from texforce.experiments.harness import Settings, evaluate, headline_set, lora, phase, train_arm
+from collections.abc import Mapping
+from pathlib import Path
+
+from texforce.experiments.claims import grid, prompts_of, records_note
+from texforce.experiments.harness import Settings, accumulate, headline_set, lora
 from texforce.experiments.main_job import timed_train
 from texforce.experiments.page import prompt_list, table
-from texforce.experiments.records import Images, image_mean
+from texforce.experiments.records import Images, Records, evaluation_key, image_mean, load_records
 from texforce.experiments.verdicts import Contrast, beats_each, margin_of, paired, raises, signed
-from texforce.observe.evaluation import AdapterSetup, images_by_setup, read_rows
+from texforce.observe.evaluation import AdapterSetup
 from texforce.stats import estimate
 
 JUDGES = ("world_score", "world_alignment", "world_quality")
-ARMS = {"backprop": "world_backprop", "unet": "world_unet"}  # and DDPO: `texforce train world_ddpo`, timed
+ARMS = {"ddpo": "world_ddpo", "backprop": "world_backprop", "unet": "world_unet"}
 ROWS = {
     "base": "base model",
     "ddpo": "TexForce: text-encoder LoRA, DDPO (`world_ddpo`)",
@@ -27,34 +33,50 @@ ROWS = {
     "unet": "U-Net LoRA, DDPO (`world_unet`)",
     "stacked": "text (DDPO) + U-Net LoRA stacked, no further training",
 }
+LABELS = [row for row in ROWS if row != "base"]
 STYLES_JUDGED = ("plain", "engineered")
+EVALUATION = "styles"  # the headline set in both styles: eval_styles/, recorded as `styles` and `styles:engineered`
 
 
-def versus(settings: Settings) -> str:
-    """Train the three arms per seed (DDPO as its own timed `texforce train world_ddpo` process, as the default run
-    is), judge every row on the ceiling's held-out prompts, plain and prompt-engineered."""
-    with phase(settings, "train"):
-        runs = {arm: [train_arm(settings, config, seed) for seed in settings.seeds] for arm, config in ARMS.items()}
-        runs["ddpo"] = [timed_train(settings, "world_ddpo", seed)[0] for seed in settings.seeds]
+def versus_arms(settings: Settings) -> Records:
+    """Train the three arms per seed not yet recorded (DDPO as its own timed `texforce train world_ddpo` process, as
+    the default run is, so that `styles` reuses it), judge their rows on the ceiling's held-out prompts, plain and
+    prompt-engineered."""
     prompts, _, seeds = headline_set(settings)
-    setups = [AdapterSetup("base")]
-    for i, seed in enumerate(settings.seeds):
-        text, unet = lora(runs["ddpo"][i]), lora(runs["unet"][i])
-        setups += [
+
+    def setups(seed: int, runs: Mapping[str, Path]) -> list[AdapterSetup]:
+        text, backprop, unet = lora(runs["ddpo"]), lora(runs["backprop"]), lora(runs["unet"])
+        return [
             AdapterSetup(f"ddpo/s{seed}", text=text),
-            AdapterSetup(f"backprop/s{seed}", text=lora(runs["backprop"][i])),
+            AdapterSetup(f"backprop/s{seed}", text=backprop),
             AdapterSetup(f"unet/s{seed}", unet=unet),
             AdapterSetup(f"stacked/s{seed}", text=text, unet=unet),
         ]
-    with phase(settings, "eval"):
-        evaluate(settings, setups, prompts, JUDGES, "eval_styles", seeds=seeds, num_prompts=len(prompts),
-                 styles=STYLES_JUDGED)  # fmt: skip
-    scores = images_by_setup(read_rows(settings.output / "eval_styles"))
+
+    def ddpo(settings: Settings, seed: int) -> Path:
+        return timed_train(settings, ARMS["ddpo"], seed)[0]
+
+    arms = {arm: (config, ()) for arm, config in ARMS.items()}
+    options = {"seeds": seeds, "num_prompts": len(prompts), "styles": STYLES_JUDGED}
+    return accumulate(settings, arms, LABELS, {EVALUATION: prompts}, JUDGES, setups, ("ddpo", "unet"),
+                      trainers={"ddpo": ddpo}, **options)  # fmt: skip
+
+
+def versus(settings: Settings) -> str:
+    """Base · TexForce-DDPO · TexForce-backprop · U-Net LoRA · stacked, each on plain and engineered prompts."""
+    versus_arms(settings)
+    return versus_page(settings)
+
+
+def versus_page(settings: Settings) -> str:
+    records = load_records(settings.output)
+    keys = {style: evaluation_key(EVALUATION, style) for style in STYLES_JUDGED}
+    seeds = records.complete_seeds(LABELS, list(keys.values()))
 
     def by_seed(row: str, style: str, judge: str = JUDGES[0]) -> dict[int, Images] | Images:
         if row == "base":
-            return scores[("base", style, judge)]
-        return {seed: scores[(f"{row}/s{seed}", style, judge)] for seed in settings.seeds}
+            return records.base(keys[style], judge)
+        return records.arm(row, keys[style], judge, seeds)
 
     def c(first: str, style: str, second: str, second_style: str, margin: float | None = None) -> Contrast:
         name = f"{first} ({style}) − {second} ({second_style})"
@@ -75,19 +97,22 @@ def versus(settings: Settings) -> str:
                 cells += [signed(c(row, style, "base", "plain").interval),
                           signed(c(row, style, "base", "engineered").interval)]  # fmt: skip
             table_rows.append(cells)
-    n = len(scores[("base", "plain", JUDGES[0])])
+    base = by_seed("base", "plain")
+    prompts = prompts_of(records, keys["plain"], JUDGES[0])
+    noises = sorted({noise for _, noise in base})
     body = "## Held-out prompts, plain and prompt-engineered\n\n" + table(
         ["model", "prompts", *(f"`{j}`" for j in JUDGES), "vs base, plain", "vs base, engineered"], table_rows
     )
     body += (
         f"\nEvery row renders the same {len(prompts)} held-out plain prompts of the headline set × seeds "
-        f"{seeds[0]}…{seeds[-1]} ({n} images per row and training seed), as written (`plain`) or with the quality "
-        "tags the ceiling chose on training prompts (`engineered`), each image judged against its plain prompt. "
-        "Score columns: mean ± 95% interval across training seeds of each seed's mean (base: one mean). The last "
-        "two columns are paired changes against base given plain or engineered prompts (per seed the mean over the "
-        "same prompts and noises, then mean ± 95% t-interval over training seeds); base engineered − base plain is "
-        "prompt engineering's own gain.\n\n"
+        f"{noises[0]}…{noises[-1]} ({len(base)} images per row and training seed), as written (`plain`) or with the "
+        "quality tags the ceiling chose on training prompts (`engineered`), each image judged against its plain "
+        "prompt. Score columns: mean ± 95% interval across training seeds of each seed's mean (base: one mean). The "
+        "last two columns are paired changes against base given plain or engineered prompts (per seed the mean over "
+        "the same prompts and noises, then mean ± 95% t-interval over training seeds); base engineered − base plain "
+        "is prompt engineering's own gain.\n"
     )
+    body += records_note(records)
     gain = {row: c(row, "plain", "base", "plain").interval.mean for row in ("ddpo", "unet")}
     settings.verdicts += [
         raises("TexForce-DDPO raises held-out plain prompts over base", c("ddpo", "plain", "base", "plain")),
@@ -116,5 +141,6 @@ def versus(settings: Settings) -> str:
             ],
         ),
     ]
-    body += f"Held-out prompts: {prompt_list(prompts)}\n\n![styles](eval_styles/grid.png)\n"
-    return body
+    body += f"\nHeld-out prompts: {prompt_list(prompts)}\n\n"
+    body += "## Grid\n\nOne row per configuration and seed judged by the last run.\n\n"
+    return body + grid(settings, EVALUATION, "styles")
