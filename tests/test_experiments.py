@@ -462,3 +462,19 @@ def test_accumulate_judges_only_the_seeds_not_recorded(tmp_path, monkeypatch):
     assert trained == [0, 1, 2] and judged[1] == ["text/s2"] and settings.reused == [0, 1]
     assert records.complete_seeds(["text"], ["heldout"]) == [0, 1, 2] and set(records.metrics("text")) == {0, 1, 2}
     assert records.base("heldout", "world_score").keys() == {("a", 1000), ("b", 1000)}
+
+
+def test_a_page_names_the_seeds_recorded_without_metrics_or_adapters(tmp_path):
+    """Seeds judged before per-run records existed have scores only; the page says which, on every rewrite."""
+    from texforce.experiments.claims import records_note
+    from texforce.experiments.records import load_records
+
+    for label in ("text/s0", "text/s1", "stacked/s0"):
+        folder = tmp_path / "runs" / label
+        folder.mkdir(parents=True)
+        (folder / "scores.csv").write_text("evaluation,prompt,seed,reward,score\nheldout,a cat,1000,world_score,0.5\n")
+    (tmp_path / "runs" / "text" / "s1" / "metrics.jsonl").write_text('{"reward_mean": 0.5}\n')
+    records = load_records(tmp_path)
+    assert records_note(records, ["text"]).startswith("\nSeeds 0: per-image scores only")
+    (tmp_path / "runs" / "text" / "s0" / "metrics.jsonl").write_text('{"reward_mean": 0.5}\n')
+    assert records_note(load_records(tmp_path), ["text"]) == ""

@@ -69,12 +69,16 @@ def grid(settings: Settings, evaluation: str, caption: str) -> str:
     return f"![{caption}]({path.as_posix()})\n\n" if (settings.output / path).is_file() else ""
 
 
-def records_note(records: Records) -> str:
-    if not records.imported:
+def records_note(records: Records, arms: Sequence[str]) -> str:
+    """Which seeds of the trained `arms` have per-image scores only: judged before issue #30, imported into runs/
+    from the page's eval_*/results.csv, their metrics and adapters never committed."""
+    bare = sorted({seed for arm in arms for seed in records.seeds(arm) if seed not in records.metrics(arm)})
+    if not bare:
         return ""
     return (
-        "\nThe per-image scores of these seeds were imported from the page's `eval_*/results.csv` into `runs/`; "
-        "their per-epoch metrics.jsonl and adapters were never committed (runs judged before issue #30).\n"
+        f"\nSeeds {', '.join(map(str, bare))}: per-image scores only, imported into `runs/` from the page's "
+        "`eval_*/results.csv` (judged before issue #30); their per-epoch metrics.jsonl and adapters were never "
+        "committed.\n"
     )
 
 
@@ -119,7 +123,7 @@ def methods_page(settings: Settings) -> str:
         f"Held-out prompts: {prompt_list(prompts_of(records, 'heldout', judge))}\n\nSingle-object prompts: "
         f"{prompt_list(prompts_of(records, 'single', judge))}\n"
     )
-    body += records_note(records)
+    body += records_note(records, ["text", "unet", "joint"])
 
     def c(first: str, second: str, ev: str = "heldout", margin: float | None = None) -> Contrast:
         name = f"{first} − {second}{'' if ev == 'heldout' else f', `{ev}`'}"
@@ -191,7 +195,7 @@ def fusion_page(settings: Settings, weights: Sequence[float] = (0.5, 0.5)) -> st
         f"Counting prompts: {prompt_list(prompts_of(records, 'count', judge))}\n\nRelation prompts: "
         f"{prompt_list(prompts_of(records, 'relation', judge))}\n"
     )
-    body += records_note(records)
+    body += records_note(records, FUSION[:2])
     tasks = []
     for task, own in (("count", "count"), ("relation", "relation")):
         gain = contrast(records, "fused", "base", task, judge, seeds, f"fused − base, {task} prompts")

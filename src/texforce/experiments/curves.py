@@ -153,7 +153,7 @@ def hacking_page(settings: Settings) -> str:
     prompts = prompts_of(records, "heldout", judge)
     return (
         body
-        + records_note(records)
+        + records_note(records, ["text"])
         + f"\nHeld-out prompts: {prompt_list(prompts)}\n\n"
         + grid(settings, "heldout", "held-out")
     )

@@ -47,7 +47,6 @@ class Records:
 
     folder: Path
     scores: dict[str, dict[tuple[str, str], Images]] = field(default_factory=dict)
-    imported: bool = False  # read from eval_*/results.csv of a page judged before per-run records existed
 
     def base(self, evaluation: str, reward: str) -> Images:
         return self.scores["base"][(evaluation, reward)]
@@ -127,12 +126,10 @@ def _read_scores(path: Path) -> list[dict]:
 def load_records(output: Path) -> Records:
     """The committed records of the experiment at OUTPUT; a page without runs/ has its eval_*/results.csv imported
     first (written into runs/, so that later seeds add to them)."""
-    imported = False
     if not (output / RUNS).is_dir():
         for results in sorted(output.glob("eval_*/results.csv")):
             record_evaluation(output, results.parent.name.removeprefix("eval_"))
-            imported = True
-    records = Records(output / RUNS, imported=imported)
+    records = Records(output / RUNS)
     for path in sorted((output / RUNS).rglob(SCORES)):
         label = path.parent.relative_to(output / RUNS).as_posix()
         by_key = records.scores.setdefault(label, {})

@@ -56,7 +56,7 @@ def stacking_page(settings: Settings) -> str:
         f"`{OTHER}` is minus the JPEG size in kB (higher: more compressible).\n\n"
         f"Held-out prompts: {prompt_list(prompts_of(records, 'heldout', judge))}\n"
     )
-    body += records_note(records)
+    body += records_note(records, list(ARMS))
     tasks = []
     for reward, own in ((judge, "text"), (OTHER, "unet_jpeg")):
         gain = contrast(records, "stacked", "base", "heldout", reward, seeds, f"stacked − base, `{reward}`")

@@ -112,7 +112,7 @@ def versus_page(settings: Settings) -> str:
         "the same prompts and noises, then mean ± 95% t-interval over training seeds); base engineered − base plain "
         "is prompt engineering's own gain.\n"
     )
-    body += records_note(records)
+    body += records_note(records, list(ARMS))
     gain = {row: c(row, "plain", "base", "plain").interval.mean for row in ("ddpo", "unet")}
     settings.verdicts += [
         raises("TexForce-DDPO raises held-out plain prompts over base", c("ddpo", "plain", "base", "plain")),
