@@ -7,11 +7,11 @@
                                                      and fusions combine)
 
 A label of an evaluation (`text/s0`, `stacked/s2`, `base`) is its folder under runs/. An evaluation's name is its
-prompt set (`heldout`), with `:style` when its prompts were written in another style than plain
-(`styles:engineered`, `evaluation_key`). An experiment run with more
-seeds reads these and trains and judges only the seeds not yet recorded; `texforce experiment NAME --page-only`
-rewrites the page from them alone. Pages judged before these folders existed hold only `eval_*/results.csv`:
-`load_records` imports those per label (scores only: their metrics and adapters were never committed).
+prompt set (`heldout`), with `:style` when its prompts were written in another style than plain (`styles:engineered`,
+`evaluation_key`). An experiment run with more seeds reads these and trains and judges only the seeds not yet
+recorded; `texforce experiment NAME --page-only` rewrites the page from them alone. Pages judged before these
+folders existed hold only `eval_*/results.csv`: `load_records` imports those per label (scores only: their metrics
+and adapters were never committed).
 """
 
 from __future__ import annotations
