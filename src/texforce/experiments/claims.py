@@ -72,7 +72,7 @@ def grid(settings: Settings, evaluation: str, caption: str) -> str:
 def records_note(records: Records, arms: Sequence[str]) -> str:
     """Which seeds of the trained `arms` have per-image scores only: judged before issue #30, imported into runs/
     from the page's eval_*/results.csv, their metrics and adapters never committed."""
-    bare = sorted({seed for arm in arms for seed in records.seeds(arm) if seed not in records.metrics(arm)})
+    bare = sorted({seed for arm in arms for seed in set(records.seeds(arm)) - set(records.metrics(arm))})
     if not bare:
         return ""
     return (

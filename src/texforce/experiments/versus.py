@@ -15,14 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from texforce.experiments.claims import grid, prompts_of, records_note
+from texforce.experiments.claims import grid, prompts_of, records_note, seed_means
 from texforce.experiments.harness import Settings, accumulate, headline_set, lora
 from texforce.experiments.main_job import timed_train
 from texforce.experiments.page import prompt_list, table
 from texforce.experiments.records import Images, Records, evaluation_key, image_mean, load_records
 from texforce.experiments.verdicts import Contrast, beats_each, margin_of, paired, raises, signed
 from texforce.observe.evaluation import AdapterSetup
-from texforce.stats import estimate
 
 JUDGES = ("world_score", "world_alignment", "world_quality")
 ARMS = {"ddpo": "world_ddpo", "backprop": "world_backprop", "unet": "world_unet"}
@@ -86,10 +85,7 @@ def versus_page(settings: Settings) -> str:
     for style in STYLES_JUDGED:
         for row, label in ROWS.items():
             cells: list[object] = [label, f"`{style}`"]
-            for judge in JUDGES:
-                found = by_seed(row, style, judge)
-                images = [found] if row == "base" else list(found.values())
-                cells.append(estimate([image_mean(i) for i in images]))
+            cells += [seed_means(records, row, keys[style], judge, seeds) for judge in JUDGES]
             if row == "base":  # no training seed: prompt engineering's own gain, the mean over the same images
                 tags = image_mean(by_seed("base", "engineered")) - image_mean(by_seed("base", "plain"))
                 cells += ["—" if style == "plain" else f"{tags:+.4f}", "—"]
