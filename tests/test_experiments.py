@@ -13,7 +13,7 @@ import torch
 
 from texforce.adapters.conversion import read_adapters
 from texforce.cli.main import main
-from texforce.experiments import BUDGETS, Settings, harness
+from texforce.experiments import BUDGETS, Settings, harness, page
 from texforce.experiments.harness import DeadlineReached, arm_command, train_arm
 from texforce.stats import estimate
 
@@ -110,8 +110,14 @@ def test_more_seeds_resume_from_the_committed_records_without_retraining(docs, t
         return real(settings, config, seed, *args, **kwargs)
 
     monkeypatch.setattr(harness, "train_arm", train_only_new)
+    meta_path = docs[0] / "methods" / "meta.json"
+    earlier = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "machines"}  # as before `machines`
+    meta_path.write_text(json.dumps({**earlier, "machine": "Machine A"}))
     folder, text = _run("methods", docs, tiny_model_dir, "--seeds", "3")
     assert "| training seeds | 0, 1, 2 (0, 1 read from the committed runs/) |" in text
+    here = page.machine()
+    assert f"| machine | Machine A (seeds 0–1); {here} (seeds 2) |" in text
+    assert json.loads(meta_path.read_text())["machines"] == {"Machine A": [0, 1], here: [2]}
     judged = (folder / "eval_heldout" / "results.csv").read_text()
     assert "text/s2," in judged and "text/s0," not in judged and "\nbase," not in judged
     assert all(c["seeds"] == 3 for v in _verdicts(folder, text, 3) for c in v["contrasts"])
@@ -478,3 +484,18 @@ def test_a_page_names_the_seeds_recorded_without_metrics_or_adapters(tmp_path):
     assert records_note(records, ["text"]).startswith("\nSeeds 0: per-image scores only")
     (tmp_path / "runs" / "text" / "s0" / "metrics.jsonl").write_text('{"reward_mean": 0.5}\n')
     assert records_note(load_records(tmp_path), ["text"]) == ""
+
+
+def test_each_seed_keeps_the_machine_that_ran_it(tmp_path):
+    """A look that adds seeds names the earlier looks' machines for the seeds it read back; a seed no meta.json
+    accounts for is "not recorded", never this machine's."""
+    assert page.seed_ranges([9, 0, 1, 2, 3, 5, 8]) == "0–3, 5, 8–9"
+    here = page.machine()
+    assert page.seed_machines(tmp_path, [0, 1], []) == {here: [0, 1]}
+    assert page.seed_machines(tmp_path, [0, 1, 2], [0, 1]) == {"not recorded": [0, 1], here: [2]}
+    (tmp_path / "meta.json").write_text(json.dumps({"machine": "A", "machines": {"A": [0, 1], "B": [2, 3]}}))
+    machines = page.seed_machines(tmp_path, [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4])
+    assert machines == {"A": [0, 1], "B": [2, 3], "not recorded": [4], here: [5]}
+    described = f"A (seeds 0–1); B (seeds 2–3); not recorded (seeds 4); {here} (seeds 5)"
+    assert page.describe_machines(machines) == described
+    assert page.describe_machines({"A": [0, 1, 2]}) == "A"

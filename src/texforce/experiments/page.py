@@ -110,6 +110,41 @@ def previous_run(output: Path) -> dict[str, str]:
     return {**rows, **{k: str(v) for k, v in json.loads(meta_path.read_text()).items() if k != "verdicts"}}
 
 
+def seed_ranges(seeds: Sequence[int]) -> str:
+    """Seeds as runs: [0, 1, 2, 3, 8, 9] → "0–3, 8–9"."""
+    spans: list[list[int]] = []
+    for seed in sorted(seeds):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(f"{a}–{b}" if b > a else str(a) for a, b in spans)
+
+
+def seed_machines(output: Path, seeds: Sequence[int], reused: Sequence[int]) -> dict[str, list[int]]:
+    """Which machine trained and judged each seed of the page at OUTPUT: a seed read from the committed runs keeps
+    the machine the previous meta.json names for it (its one `machine` when it predates `machines`), the others
+    ran on this one."""
+    meta_path, reused = output / "meta.json", sorted(set(reused))
+    previous: dict[str, list[int]] = {}
+    if reused and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        previous = meta.get("machines") or {meta.get("machine", "not recorded"): reused}
+    found = {name: kept for name, ran in previous.items() if (kept := sorted(set(ran) & set(reused)))}
+    if missing := sorted(set(reused) - {s for kept in found.values() for s in kept}):
+        found.setdefault("not recorded", []).extend(missing)
+    if new := [seed for seed in seeds if seed not in reused]:
+        found[machine()] = sorted({*found.get(machine(), []), *new})
+    return found
+
+
+def describe_machines(machines: dict[str, list[int]]) -> str:
+    """One machine's name, or each machine with the seeds it ran."""
+    if len(machines) == 1:
+        return next(iter(machines))
+    return "; ".join(f"{name} (seeds {seed_ranges(seeds)})" for name, seeds in machines.items())
+
+
 def write_results(settings: Settings, name: str, title: str, claim: str, body: str, seconds: float) -> Path:
     """OUTPUT/results.md: what was run, on what, how long, then the experiment's own tables; and the index. With
     `settings.page_only` the page is rewritten from its records: the run's rows (command, machine, date, wall time)
@@ -119,6 +154,12 @@ def write_results(settings: Settings, name: str, title: str, claim: str, body: s
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     ran = previous_run(settings.output) if settings.page_only else {}
     seeds = sorted({int(s) for v in settings.verdicts for c in v.contrasts for s in c.per_seed}) or settings.seeds
+    if settings.page_only:
+        machines = json.loads((settings.output / "meta.json").read_text()).get("machines")
+        ran_on = ran.get("machine", machine())
+    else:
+        machines = seed_machines(settings.output, seeds, settings.reused)
+        ran_on = describe_machines(machines)
     reused = f" ({', '.join(map(str, settings.reused))} read from the committed runs/)" if settings.reused else ""
     cached = "runs reused from the cache cost nothing"
     header = [
@@ -133,7 +174,7 @@ def write_results(settings: Settings, name: str, title: str, claim: str, body: s
         f"| judge | `{settings.judge}` |",
         f"| runs | `{settings.runs_dir}`; what each seed's verdict needs: `runs/` beside this page |",
         f"| wall time | {ran.get('wall time', f'{seconds:.0f} s ({phases}; {cached})')} |",
-        f"| machine | {ran.get('machine', machine())} |",
+        f"| machine | {ran_on} |",
         f"| date | {ran.get('date', now)} |",
         *(
             [
@@ -156,9 +197,11 @@ def write_results(settings: Settings, name: str, title: str, claim: str, body: s
         "budget": b.name,
         "seeds": len(seeds),
         "seconds": float(ran.get("seconds", seconds)),
-        "machine": ran.get("machine", machine()),
+        "machine": ran_on,
         "date": ran.get("date", now),
     }
+    if machines:
+        meta["machines"] = machines
     if settings.verdicts:
         meta["verdicts"] = [v.as_dict() for v in settings.verdicts]
     write_text_atomic(settings.output / "meta.json", json.dumps(meta, indent=2))
