@@ -127,12 +127,14 @@ def test_more_seeds_resume_from_the_committed_records_without_retraining(docs, t
 def test_page_only_rewrites_the_page_from_the_records(docs, tiny_model_dir, monkeypatch):
     folder = docs[0] / "methods"
     before = json.loads((folder / "meta.json").read_text())
+    seeds_row = next(line for line in (folder / "results.md").read_text().splitlines() if "| training seeds |" in line)
     monkeypatch.setattr(harness, "train_arm", lambda *a, **k: pytest.fail("--page-only must not train"))
     monkeypatch.setattr(harness, "evaluate", lambda *a, **k: pytest.fail("--page-only must not judge"))
     argv = ["experiment", "methods", "--page-only", "--budget", "tiny", "-o", str(folder)]
     assert main(argv) == 0
     text = (folder / "results.md").read_text()
-    assert "| page | rewritten " in text and f"| machine | {before['machine']} |" in text
+    assert "read from the committed runs/" in seeds_row  # the look before added a seed
+    assert "| page | rewritten " in text and f"| machine | {before['machine']} |" in text and seeds_row in text
     after = json.loads((folder / "meta.json").read_text())
     assert after["verdicts"] == before["verdicts"] and after["date"] == before["date"]
 
