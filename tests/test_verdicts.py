@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from texforce.experiments.page import verdict_section
+from texforce.experiments.plan import LOOK_LEVEL
 from texforce.experiments.verdicts import (
     CONFIRMED,
     REFUTED,
@@ -18,7 +19,7 @@ from texforce.experiments.verdicts import (
     paired,
     raises,
 )
-from texforce.stats import Estimate, estimate
+from texforce.stats import Estimate, estimate, seeds_needed, std
 
 
 def C(values, margin=None, name="a − b"):
@@ -109,6 +110,20 @@ def test_keeps_gains_is_non_inferiority_within_the_margin():
     assert keeps_gains("c", [(gain, small_loss), (gain, big_loss)]).outcome == REFUTED
     unclear = C([0.1, -0.3, 0.05], margin=0.05)
     assert keeps_gains("c", [(gain, small_loss), (gain, unclear)]).outcome == UNDECIDED
+
+
+def test_keeps_gains_counts_the_seeds_its_non_inferiority_needs():
+    """A small loss shown unequal to 0 but reaching past −margin is undecided: the seeds it needs are those that
+    would put the interval above −margin, not the (already reached) seeds that exclude 0."""
+    gain = C([0.2, 0.21, 0.19, 0.2, 0.22, 0.18, 0.2, 0.21])
+    loss = C([-0.03, -0.04, -0.035, -0.025, -0.045, -0.03, -0.04, -0.035], margin=0.04)
+    assert loss.excludes_zero and not loss.not_below_margin() and loss.needed <= 8  # the two-sided count
+    verdict = keeps_gains("c", [(gain, loss)])
+    own = verdict.contrasts[1]
+    assert verdict.outcome == UNDECIDED and own.noninferiority and own.needed > 8
+    values = list(loss.per_seed.values())
+    assert own.needed == seeds_needed(sum(values) / len(values) + 0.04, std(values), LOOK_LEVEL)
+    assert verdict.needed == own.needed
 
 
 def test_over_optimised():

@@ -54,8 +54,9 @@ def verdict_section(verdicts: Sequence[Verdict]) -> str:
             f"{', '.join(map(str, STEPS))} seeds, 5% over all looks). Margin: ±25% of the gain the claim is about. "
             "Shares: of the variance of one seed's mean difference, the training seed's, the prompts' (drawn anew) "
             "and the rest (noise, seed × prompt). Seeds needed: the fewest seeds whose interval, at the observed "
-            "difference and spread, would exclude 0 or lie inside the margin (a precision calculation: at that "
-            "number it decides about half the time).\n\n"
+            "difference and spread, would exclude 0 or lie inside the margin (against an own adapter, where the "
+            "claim is that a combination keeps its gain: lie wholly above or below −margin) — a precision "
+            "calculation: at that number it decides about half the time.\n\n"
         )
         text += table(["contrast", "difference", f"{LOOK_LEVEL:.0%} interval", "seeds", "margin",
                        "shares seed / prompt / image", "seeds needed"],

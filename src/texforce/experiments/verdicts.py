@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from texforce.experiments.plan import LOOK_LEVEL, STEPS, undecided_at
 from texforce.stats import Components, Estimate, components, estimate, seeds_needed, std
@@ -31,6 +31,7 @@ class Contrast:
     per_seed: Mapping[int, float]
     margin: float | None = None
     components: Components | None = None
+    noninferiority: bool = False  # decided by where the interval lies against −margin alone (`keeps_gains`)
 
     @property
     def interval(self) -> Estimate:
@@ -65,11 +66,15 @@ class Contrast:
 
     @property
     def needed(self) -> int | None:
-        """Seeds for this contrast's interval to decide at the observed difference and spread (`seeds_needed`)."""
+        """Seeds for this contrast's interval to decide at the observed difference and spread (`seeds_needed`): to
+        exclude 0 or lie inside ±margin; for a non-inferiority contrast, to lie wholly above or below −margin."""
         values = list(self.per_seed.values())
         if len(values) < 2:
             return None
-        return seeds_needed(sum(values) / len(values), std(values), LOOK_LEVEL, self.margin)
+        mean, sd = sum(values) / len(values), std(values)
+        if self.noninferiority and self.margin is not None:
+            return seeds_needed(mean + self.margin, sd, LOOK_LEVEL)
+        return seeds_needed(mean, sd, LOOK_LEVEL, self.margin)
 
     def __str__(self) -> str:
         e = self.interval
@@ -182,6 +187,7 @@ def keeps_gains(claim: str, tasks: Sequence[tuple[Contrast, Contrast]]) -> Verdi
     """Claim a combined adapter keeps each task's gain, per task (combined − base, combined − the task's own
     adapter with the margin of its gain): confirmed when above base on every task and never more than the margin
     below the task's own adapter; refuted when below base or beyond the margin below the own adapter on a task."""
+    tasks = [(gain, replace(own, noninferiority=True)) for gain, own in tasks]
     flat = [c for pair in tasks for c in pair]
     if any(gain.below() or own.below_margin() for gain, own in tasks):
         return _verdict(claim, flat, REFUTED, "on a task below base, or more than 25% of the task's gain lost")
