@@ -135,7 +135,8 @@ def seed_machines(output: Path, seeds: Sequence[int], reused: Sequence[int]) -> 
     if missing := sorted(set(reused) - {s for kept in found.values() for s in kept}):
         found.setdefault("not recorded", []).extend(missing)
     if new := [seed for seed in seeds if seed not in reused]:
-        found[machine()] = sorted({*found.get(machine(), []), *new})
+        here = machine()  # reads /proc/cpuinfo: once
+        found[here] = sorted({*found.get(here, []), *new})
     return found
 
 
